@@ -1,0 +1,1 @@
+"""Data layer: feature schema, raw-format adapters, synthetic generators, Ray Data input."""
