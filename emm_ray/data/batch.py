@@ -6,13 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from emm_ray.data.schema import FeatureSchema
 
 
 @dataclass
 class Batch:
-    """`sparse [B, S] int64`, `dense [B, D] float32`, `labels [B, T] float32` (schema task order)."""
+    """`sparse [B, S] int64`, `dense [B, D] float32`, `labels [B, T] float32` (task order)."""
 
     sparse: torch.Tensor
     dense: torch.Tensor
@@ -35,10 +36,11 @@ class Batch:
         return Batch(self.sparse[index], self.dense[index], self.labels[index])
 
 
-class BatchCollator:
+class BatchCollator(NumpyBatchCollateFn):
     """Columns of an encoded table (`dict[str, np.ndarray]`, as Ray Data yields) -> `Batch`.
 
-    A plain callable class so Ray can pickle it to `iter_torch_batches(collate_fn=...)`.
+    A `NumpyBatchCollateFn` so `iter_torch_batches(collate_fn=...)` hands it numpy columns
+    (a plain callable is deprecated there); columns it does not know (`row_id`) are ignored.
     """
 
     def __init__(self, schema: FeatureSchema) -> None:

@@ -143,33 +143,61 @@ class FeatureSchema(StrictModel):
             index = pc.index_in(values, value_set=pa.array(field.vocabulary, pa.string()))
             columns[field.name] = pc.add(pc.fill_null(index, -1), 1).cast(pa.int64())
         for field in self.dense:
-            x = raw.column(field.name).to_numpy(zero_copy_only=False).astype(np.float64)
-            if field.transform == "log1p":
-                x = np.log1p(np.maximum(x, 0.0))
+            x = transform_dense(
+                raw.column(field.name).to_numpy(zero_copy_only=False), field.transform
+            )
             columns[field.name] = pa.array(((x - field.mean) / field.std).astype(np.float32))
         for task in self.tasks:
             columns[task.name] = pc.cast(raw.column(task.name), pa.float32())
         return pa.table(columns)
 
 
+def transform_dense(values: np.ndarray, transform: Literal["identity", "log1p"]) -> np.ndarray:
+    """The pre-scaling transform as float64; log1p clips negatives to 0 (money amounts)."""
+    x = np.asarray(values, dtype=np.float64)
+    return np.log1p(np.maximum(x, 0.0)) if transform == "log1p" else x
+
+
 def fit_dense_field(
     name: str, values: np.ndarray, transform: Literal["identity", "log1p"]
 ) -> DenseField:
     """Fit a dense scaler on training values; a constant column keeps std 1."""
-    x = values.astype(np.float64)
-    if transform == "log1p":
-        x = np.log1p(np.maximum(x, 0.0))
-    mean, std = float(x.mean()), float(x.std())
-    return DenseField(name=name, transform=transform, mean=mean, std=std if std > 1e-12 and math.isfinite(std) else 1.0)
+    x = transform_dense(values, transform)
+    return dense_field_from_moments(name, transform, float(x.mean()), float(x.var()))
 
 
-def fit_sparse_field(name: str, values: pa.Array | pa.ChunkedArray, min_count: int = 1) -> SparseField:
-    """Vocabulary of training values seen at least `min_count` times, most frequent first."""
-    counts = pc.value_counts(pc.cast(values, pa.string()))
-    categories = counts.field("values").to_pylist()
-    frequency = counts.field("counts").to_numpy()
-    order = sorted(
-        (i for i in range(len(categories)) if frequency[i] >= min_count and categories[i] is not None),
-        key=lambda i: (-frequency[i], categories[i]),
+def dense_field_from_moments(
+    name: str, transform: Literal["identity", "log1p"], mean: float, variance: float
+) -> DenseField:
+    """A dense scaler from moments of the transformed training values (e.g. streamed)."""
+    std = math.sqrt(max(variance, 0.0))
+    return DenseField(
+        name=name,
+        transform=transform,
+        mean=mean,
+        std=std if std > 1e-12 and math.isfinite(std) else 1.0,
     )
-    return SparseField(name=name, vocabulary=tuple(categories[i] for i in order))
+
+
+def fit_sparse_field(
+    name: str, values: pa.Array | pa.ChunkedArray, min_count: int = 1
+) -> SparseField:
+    """Vocabulary of training values seen at least `min_count` times, most frequent first."""
+    counts = pc.value_counts(pc.drop_null(pc.cast(values, pa.string())))
+    return sparse_field_from_counts(name, counts.field("values"), counts.field("counts"), min_count)
+
+
+def sparse_field_from_counts(
+    name: str, categories: pa.Array, counts: pa.Array, min_count: int = 1
+) -> SparseField:
+    """Vocabulary from per-category training counts (e.g. summed over streamed chunks).
+
+    Most frequent first, ties broken by the category string, so the same counts always
+    give the same indices (and the same schema hash).
+    """
+    table = pa.table({"category": pc.cast(categories, pa.string()), "count": counts})
+    table = table.filter(pc.greater_equal(table.column("count"), min_count))
+    order = pc.sort_indices(table, sort_keys=[("count", "descending"), ("category", "ascending")])
+    return SparseField(
+        name=name, vocabulary=tuple(table.column("category").take(order).to_pylist())
+    )

@@ -4,61 +4,119 @@ A model is `tower(blocks[-1](...blocks[0](embedding(sparse, dense))))`: an embed
 that turns encoded inputs into a flat state `[B, width]`, an ordered list of blocks
 (the components EMM fuses) each mapping `[B, in_width] -> [B, out_width]`, and a tower
 mapping the last state to one logit per row. `forward` *is* that composition, so the
-components of `decompose()` reproduce the model bit for bit. Parallel branches
-(an FM term, a cross network, a wide part) travel inside the flat state as extra
-columns; a block that does not touch a branch passes its columns through unchanged.
+components of `decompose()` reproduce the model bit for bit.
+
+Parallel branches (an FM term, a cross network, a wide part) travel inside the flat
+state as extra columns. Every state is laid out `[main | carry]`: the leading `main`
+columns are the architecture's deep path (what a block's own layers transform), the
+trailing `carry` columns hold branch state that the tower (or a later block) needs.
+A block that does not touch a branch passes its columns through unchanged. Each
+component declares both widths, so a fusion layer knows which columns are which:
+`in_width`/`out_width` in total, `in_carry`/`out_carry` of them trailing carry.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
+from emm_ray.config import StrictModel
 from emm_ray.data.schema import FeatureSchema
+from emm_ray.errors import ConfigError, DataError
 
 
 class Component(nn.Module):
-    """A module with declared flat input/output widths."""
+    """A module with declared flat input/output widths and their trailing carry widths."""
 
-    def __init__(self, in_width: int, out_width: int) -> None:
+    def __init__(
+        self, in_width: int, out_width: int, in_carry: int = 0, out_carry: int = 0
+    ) -> None:
         super().__init__()
+        if not (0 <= in_carry <= in_width and 0 <= out_carry <= out_width):
+            raise ValueError(
+                f"carry widths ({in_carry}, {out_carry}) must lie within the state widths "
+                f"({in_width}, {out_width})"
+            )
         self.in_width = in_width
         self.out_width = out_width
+        self.in_carry = in_carry
+        self.out_carry = out_carry
+
+    @property
+    def in_main(self) -> int:
+        """Leading input columns that belong to the main (deep) path."""
+        return self.in_width - self.in_carry
+
+    @property
+    def out_main(self) -> int:
+        """Leading output columns that belong to the main (deep) path."""
+        return self.out_width - self.out_carry
 
 
 class ModelEmbedding(nn.Module):
-    """Encoded `(sparse [B, S] int64, dense [B, D] float32)` -> flat state `[B, out_width]`."""
+    """Encoded `(sparse [B, S] int64, dense [B, D] float32)` -> flat state `[B, out_width]`.
 
-    def __init__(self, out_width: int) -> None:
+    The last `out_carry` columns are branch state (e.g. a first-order logit).
+    """
+
+    def __init__(self, out_width: int, out_carry: int = 0) -> None:
         super().__init__()
+        if not 0 <= out_carry <= out_width:
+            raise ValueError(f"carry width {out_carry} must lie within the state width {out_width}")
         self.out_width = out_width
+        self.out_carry = out_carry
+
+    @property
+    def out_main(self) -> int:
+        return self.out_width - self.out_carry
+
+
+class _Gather(torch.autograd.Function):
+    """`weight[index]` whose backward is one `index_add_` (a few times faster on CPU than
+    `nn.Embedding`'s sort-based dense backward, which dominated small-model training)."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.rows = weight.shape[0]
+        return weight.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (index,) = ctx.saved_tensors
+        weight_grad = grad.new_zeros(ctx.rows, grad.shape[1]).index_add_(0, index, grad)
+        return weight_grad, None
 
 
 class FieldEmbedding(nn.Module):
     """One table for all sparse fields (offsets per field): `[B, S] -> [B, S, dim]`.
 
     A single table with offsets is one gather instead of S small lookups, which is what
-    keeps CPU training fast.
+    keeps CPU training fast. Row 0 of each field is its out-of-vocabulary bucket.
     """
 
-    def __init__(self, cardinalities: list[int], dim: int) -> None:
+    def __init__(self, cardinalities: Sequence[int], dim: int) -> None:
         super().__init__()
-        offsets = torch.tensor([0, *cardinalities[:-1]], dtype=torch.long).cumsum(0)
-        self.register_buffer("offsets", offsets, persistent=False)
-        self.table = nn.Embedding(sum(cardinalities), dim)
-        nn.init.normal_(self.table.weight, std=0.01)
+        cards = torch.tensor(list(cardinalities), dtype=torch.long)
+        self.register_buffer("offsets", cards.cumsum(0) - cards, persistent=False)
+        self.weight = nn.Parameter(torch.empty(int(cards.sum()), dim))
+        nn.init.normal_(self.weight, std=0.01)
         self.dim = dim
 
     def forward(self, sparse: torch.Tensor) -> torch.Tensor:
-        return self.table(sparse + self.offsets)
+        rows = (sparse + self.offsets).reshape(-1)
+        return _Gather.apply(self.weight, rows).view(*sparse.shape, self.dim)
 
 
 @dataclass(frozen=True)
 class Decomposition:
-    """A model's hierarchy: the pieces EMM aligns level by level."""
+    """A model's hierarchy: the pieces EMM aligns level by level (shared, not copied)."""
 
     architecture: str
     task: str
@@ -67,20 +125,115 @@ class Decomposition:
     tower: Component
 
 
-class DecomposableModel(nn.Module):
-    """Base of every zoo architecture: subclasses build `embedding`, `blocks`, `tower`."""
+class DecomposableModel(nn.Module, ABC):
+    """Base of every zoo architecture.
+
+    A subclass sets `architecture`, `Hyperparameters` (a `StrictModel` whose defaults
+    train well on census) and implements `build`, returning its embedding, blocks and
+    tower; the base validates the hyperparameters and checks that declared widths chain.
+    `hparams` holds every hyperparameter, defaults included, so
+    `build_model(architecture, schema, task, **model.hparams)` rebuilds the same shape.
+    """
 
     architecture: ClassVar[str]
+    Hyperparameters: ClassVar[type[StrictModel]]
 
     def __init__(self, schema: FeatureSchema, task: str, **hparams: Any) -> None:
         super().__init__()
         schema.task_index(task)
         self.task = task
         self.schema_hash = schema.hash
-        self.hparams = hparams
-        self.embedding: ModelEmbedding
-        self.blocks: nn.ModuleList
-        self.tower: Component
+        self.num_sparse = len(schema.sparse)
+        self.num_dense = len(schema.dense)
+        self.sparse_names = schema.sparse_names
+        self.dense_names = schema.dense_names
+        cardinalities = torch.tensor(schema.cardinalities, dtype=torch.long)
+        self.register_buffer("cardinalities", cardinalities, persistent=False)
+        self.config = self.parse_hyperparameters(hparams)
+        self.hparams: dict[str, Any] = self.config.model_dump()
+        embedding, blocks, tower = self.build(schema, self.config)
+        self.embedding = embedding
+        self.blocks = nn.ModuleList(blocks)
+        self.tower = tower
+        self._check_widths()
+
+    @classmethod
+    def parse_hyperparameters(cls, hparams: dict[str, Any]) -> StrictModel:
+        """Validate `hparams` against `Hyperparameters`; errors name the valid choices."""
+        try:
+            return cls.Hyperparameters.model_validate(hparams)
+        except ValidationError as exc:
+            valid = ", ".join(cls.Hyperparameters.model_fields)
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: "
+                + ("unknown hyperparameter" if err["type"] == "extra_forbidden" else err["msg"])
+                + f" (got {err['input']!r})"
+                for err in exc.errors()
+            )
+            raise ConfigError(
+                f"architecture {cls.architecture!r}: {problems}; valid hyperparameters: {valid}"
+            ) from None
+
+    @abstractmethod
+    def build(
+        self, schema: FeatureSchema, config: Any
+    ) -> tuple[ModelEmbedding, Sequence[Component], Component]:
+        """Create `(embedding, blocks, tower)` for `schema` and validated `config`."""
+
+    def _check_widths(self) -> None:
+        """Each part's declared input layout must be the previous part's output layout."""
+        if not self.blocks:
+            raise ConfigError(f"architecture {self.architecture!r} built no blocks")
+        previous = ("embedding", self.embedding.out_width, self.embedding.out_carry)
+        for name, part in [
+            *((f"block {i}", b) for i, b in enumerate(self.blocks)),
+            ("tower", self.tower),
+        ]:
+            if (part.in_width, part.in_carry) != previous[1:]:
+                raise ValueError(
+                    f"{self.architecture}: {name} expects width {part.in_width} "
+                    f"(carry {part.in_carry}) but {previous[0]} gives {previous[1]} "
+                    f"(carry {previous[2]})"
+                )
+            previous = (name, part.out_width, part.out_carry)
+        if self.tower.out_width != 1:
+            raise ValueError(f"{self.architecture}: tower must give one logit per row")
+
+    def check_inputs(self, sparse: torch.Tensor, dense: torch.Tensor) -> None:
+        """Raise `DataError` naming the field and value if inputs don't fit this model.
+
+        Not called by `forward` (it would cost a device sync per batch on CUDA); call it
+        once on data from outside the pipeline (serving requests, foreign files).
+        """
+        if sparse.dim() != 2 or sparse.shape[1] != self.num_sparse or sparse.dtype != torch.long:
+            raise DataError(
+                f"sparse input must be int64 [B, {self.num_sparse}], got "
+                f"{sparse.dtype} {list(sparse.shape)}"
+            )
+        if (
+            dense.dim() != 2
+            or dense.shape[1] != self.num_dense
+            or dense.shape[0] != sparse.shape[0]
+        ):
+            raise DataError(
+                f"dense input must be [{sparse.shape[0]}, {self.num_dense}], got {list(dense.shape)}"
+            )
+        bad = (sparse < 0) | (sparse >= self.cardinalities)
+        if bool(bad.any()):
+            row, column = (int(i) for i in bad.nonzero()[0])
+            raise DataError(
+                f"index {int(sparse[row, column])} outside [0, {int(self.cardinalities[column])}) "
+                f"(0 is the out-of-vocabulary bucket)",
+                row=row + 1,
+                column=self.sparse_names[column],
+            )
+        if not bool(torch.isfinite(dense).all()):
+            row, column = (int(i) for i in (~torch.isfinite(dense)).nonzero()[0])
+            raise DataError(
+                f"non-finite dense value {float(dense[row, column])}",
+                row=row + 1,
+                column=self.dense_names[column],
+            )
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """Logit per row, `[B]`."""

@@ -1,0 +1,504 @@
+"""The `prepare` stage: raw files or a synthetic generator -> split, encoded parquet shards.
+
+A prepared directory holds `schema.json` (fields, vocabularies, scalers, tasks),
+`split.json` (how the split was made: seed, method, rows and positive rates per split
+and task, source checksums, the config and its hash) and `train/`, `validation/`,
+`test/` parquet shards. Each shard row is `row_id` (stable, unique in the dataset),
+one int64 index per sparse field, one float32 per dense field and one float32 0/1
+label per task.
+
+Everything streams in two passes over the source, so memory does not grow with rows:
+pass 1 assigns splits and fits vocabularies (category counts) and scalers (running
+moments) on training rows only; pass 2 assigns the same splits again and writes
+encoded chunks. A synthetic source is regenerated for pass 2 (it is deterministic),
+a file is re-read. The output appears atomically (written beside, then renamed), and
+re-running with the same config and the same source files reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import Field, model_validator
+
+from emm_ray.config import StrictModel
+from emm_ray.data.adapters import data_dir, get_adapter
+from emm_ray.data.layout import DatasetLayout
+from emm_ray.data.schema import (
+    FeatureSchema,
+    dense_field_from_moments,
+    sparse_field_from_counts,
+    transform_dense,
+)
+from emm_ray.data.split import SPLITS, FixedSplit, StratifiedSplitter, strata
+from emm_ray.data.synthetic import SYNTHETIC_SUFFIX, SyntheticGenerator
+from emm_ray.errors import ConfigError, DataError, SchemaMismatchError
+
+FORMAT_VERSION = 1
+SPLIT_FILE = "split.json"
+ROW_ID = "row_id"
+
+
+class DatasetConfig(StrictModel):
+    """Which data to prepare and how to split it; every field has a one-machine default.
+
+    `source: real` reads `train_path` (and optionally `validation_path`, `test_path`);
+    without paths it uses the dataset's files under `EMM_DATA_DIR` (default
+    `../shared/data`). A split without its own file is carved from the training file;
+    a test file without a validation file is cut 1:1 into validation and test, as the
+    MMoE/PLE papers do with census. Relative paths are taken from the current directory.
+    """
+
+    name: Literal["census", "ali_ccp", "aliexpress"] = "census"
+    source: Literal["synthetic", "real"] = "synthetic"
+    train_path: Path | None = None
+    validation_path: Path | None = None
+    test_path: Path | None = None
+    rows: int = Field(20_000, gt=0, description="rows to generate (synthetic source)")
+    seed: int = 0
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(0.1, gt=0, lt=1)
+    test_file_validation_fraction: float = Field(0.5, gt=0, lt=1)
+    rows_per_shard: int = Field(250_000, gt=0)
+    chunk_rows: int = Field(250_000, gt=0, description="rows generated/encoded at a time")
+    sparse_min_count: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetConfig:
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError("validation_fraction + test_fraction must be below 1")
+        paths = (self.train_path, self.validation_path, self.test_path)
+        if self.source == "synthetic" and any(p is not None for p in paths):
+            raise ValueError("paths are for source: real; a synthetic source takes none")
+        if self.train_path is None and any(p is not None for p in paths):
+            raise ValueError("validation_path/test_path need a train_path too")
+        return self
+
+    def raw_files(self) -> dict[str, Path]:
+        """Role (`train`/`validation`/`test`) -> absolute path, for `source: real`."""
+        if self.source == "synthetic":
+            return {}
+        if self.train_path is None:
+            root = data_dir()
+            return {role: root / rel for role, rel in get_adapter(self.name).default_files.items()}
+        given = {
+            "train": self.train_path,
+            "validation": self.validation_path,
+            "test": self.test_path,
+        }
+        return {role: p.expanduser().absolute() for role, p in given.items() if p is not None}
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A prepared directory: its schema and its split record (`split.json`)."""
+
+    path: Path
+    schema: FeatureSchema
+    split_info: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: str | Path) -> PreparedDataset:
+        path = Path(path)
+        if not (path / SPLIT_FILE).is_file():
+            raise DataError(f"not a prepared dataset (no {SPLIT_FILE}); run prepare first", path)
+        info = json.loads((path / SPLIT_FILE).read_text())
+        return cls(path, FeatureSchema.load(path), info)
+
+    def split_dir(self, split: str) -> Path:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; expected one of {SPLITS}", self.path)
+        return self.path / split
+
+    def num_rows(self, split: str) -> int:
+        self.split_dir(split)
+        return int(self.split_info["splits"][split]["rows"])
+
+
+@dataclass
+class _Source:
+    """One stream of raw rows and the rule assigning its rows to splits."""
+
+    role: str
+    path: Path | None
+    chunks: Callable[[], Iterator[pa.Table]]
+    splitter: Callable[[], StratifiedSplitter | FixedSplit]
+
+
+def prepare_dataset(
+    config: DatasetConfig, output_dir: str | Path, *, overwrite: bool = False
+) -> PreparedDataset:
+    """Prepare `config`'s data into `output_dir`, or reuse it if already prepared so."""
+    output_dir = Path(output_dir)
+    files = config.raw_files()
+    checksums = {role: _sha256(path) for role, path in files.items()}
+    config_hash = _config_hash(config, files, checksums)
+    if (output_dir / SPLIT_FILE).is_file():
+        existing = PreparedDataset.load(output_dir)
+        if existing.split_info.get("config_hash") == config_hash:
+            return existing
+        if not overwrite:
+            raise ConfigError(
+                f"{output_dir} holds data prepared from another config or other source files "
+                f"(config hash {existing.split_info.get('config_hash')}, now {config_hash}); "
+                "choose another directory or pass overwrite=True"
+            )
+    elif output_dir.exists() and any(output_dir.iterdir()):
+        raise ConfigError(f"{output_dir} exists and is not a prepared dataset; refusing to write")
+
+    layout, sources = _plan(config, files)
+    stats = _Pass1(layout)
+    for source in sources:
+        splitter = source.splitter()
+        for raw in source.chunks():
+            stats.add(raw, splitter.assign(_strata(raw, layout)))
+    stats.check_nonempty(files.get("train"))
+    schema = stats.schema(config.sparse_min_count)
+
+    staging = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    written = _write_encoded(schema, layout, sources, staging, config.rows_per_shard)
+    expected = {split: stats.rows[split] for split in SPLITS}
+    if written != expected:
+        shutil.rmtree(staging)
+        raise DataError(f"source changed while preparing: {expected} rows, then {written}")
+    schema.save(staging)
+    info = _split_record(config, config_hash, schema, sources, checksums, stats)
+    (staging / SPLIT_FILE).write_text(json.dumps(info, indent=1))
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    staging.rename(output_dir)
+    return PreparedDataset(output_dir, schema, info)
+
+
+def encode_raw_file(schema: FeatureSchema, dataset: str, path: str | Path) -> pa.Table:
+    """Encode a raw file of `dataset`'s format with an existing (fitted) schema.
+
+    For evaluation on new files and serving: categories unseen in training map to the
+    OOV index. The file must have every field and task of the schema.
+    """
+    base = schema.dataset.removesuffix(SYNTHETIC_SUFFIX)
+    if base != dataset:
+        raise SchemaMismatchError(
+            f"schema is for dataset {schema.dataset!r}, the file is read as {dataset!r}"
+        )
+    adapter = get_adapter(dataset)
+    path = Path(path)
+    layout = adapter.layout(path)
+    have = set(layout.sparse) | set(layout.dense_names) | set(layout.task_names)
+    missing = [
+        n for n in schema.sparse_names + schema.dense_names + schema.task_names if n not in have
+    ]
+    if missing:
+        raise SchemaMismatchError(
+            f"file {path} lacks fields of schema {schema.hash} ({schema.dataset}): {missing}"
+        )
+    return pa.concat_tables([schema.encode(raw) for raw in adapter.iter_chunks(path)])
+
+
+def _plan(config: DatasetConfig, files: dict[str, Path]) -> tuple[DatasetLayout, list[_Source]]:
+    """The sources to read, in row-id order, each with its split rule."""
+    if config.source == "synthetic":
+        generator = SyntheticGenerator(config.name, config.seed)
+        carve = {"validation": config.validation_fraction, "test": config.test_fraction}
+        return generator.layout, [
+            _Source(
+                "synthetic",
+                None,
+                lambda: generator.iter_chunks(config.rows, config.chunk_rows),
+                _carved(carve, config.seed),
+            )
+        ]
+
+    adapter = get_adapter(config.name)
+    layout = adapter.layout(files["train"])
+    for role, path in files.items():
+        if adapter.layout(path) != layout:
+            raise DataError(
+                f"the {role} file is in another {config.name} form than the train file "
+                f"{files['train']}; all files of one dataset must share a layout",
+                path,
+            )
+    has_validation, has_test = "validation" in files, "test" in files
+    carve_from_train = {}
+    if not has_validation and not has_test:
+        carve_from_train["validation"] = config.validation_fraction
+    if not has_test:
+        carve_from_train["test"] = config.test_fraction
+    if has_test and not has_validation:
+        test_rule = _carved(
+            {"validation": config.test_file_validation_fraction}, config.seed, "test"
+        )
+    else:
+        test_rule = _carved({}, config.seed, "test")
+    rules = {
+        "train": _carved(carve_from_train, config.seed),
+        "validation": _carved({}, config.seed, "validation"),
+        "test": test_rule,
+    }
+    return layout, [
+        _Source(role, files[role], _reader(adapter.iter_chunks, files[role]), rules[role])
+        for role in SPLITS
+        if role in files
+    ]
+
+
+def _carved(
+    fractions: dict[str, float], seed: int, rest: str = "train"
+) -> Callable[[], StratifiedSplitter | FixedSplit]:
+    """A splitter giving `fractions` to named splits and the remainder to `rest`."""
+    if not fractions:
+        return lambda: FixedSplit(rest)
+    full = {**fractions, rest: 1.0 - sum(fractions.values())}
+    return lambda: StratifiedSplitter(full, seed)
+
+
+def _reader(
+    iter_chunks: Callable[[Path], Iterator[pa.Table]], path: Path
+) -> Callable[[], Iterator[pa.Table]]:
+    return lambda: iter_chunks(path)
+
+
+def _strata(raw: pa.Table, layout: DatasetLayout) -> np.ndarray:
+    labels = np.stack([raw.column(t).to_numpy() for t in layout.task_names], axis=1)
+    return strata(labels)
+
+
+class _Pass1:
+    """Rows and positives per split; category counts and dense moments of training rows."""
+
+    def __init__(self, layout: DatasetLayout) -> None:
+        self.layout = layout
+        self.rows = dict.fromkeys(SPLITS, 0)
+        self.positives = {s: dict.fromkeys(layout.task_names, 0) for s in SPLITS}
+        self.part_rows: list[dict[str, int]] = []
+        self._counts: dict[str, list[pa.Table]] = {n: [] for n in layout.sparse}
+        dims = len(layout.dense)
+        self._n, self._mean, self._m2 = 0, np.zeros(dims), np.zeros(dims)
+
+    def add(self, raw: pa.Table, codes: np.ndarray) -> None:
+        for code, split in enumerate(SPLITS):
+            mask = codes == code
+            self.rows[split] += int(mask.sum())
+            for task in self.layout.task_names:
+                self.positives[split][task] += int(raw.column(task).to_numpy()[mask].sum())
+        train = raw.filter(pa.array(codes == SPLITS.index("train")))
+        if train.num_rows:
+            self._count_categories(train)
+            self._update_moments(train)
+
+    def _count_categories(self, train: pa.Table) -> None:
+        for name in self.layout.sparse:
+            counts = pc.value_counts(train.column(name))
+            parts = self._counts[name]
+            parts.append(
+                pa.table({"category": counts.field("values"), "count": counts.field("counts")})
+            )
+            if len(parts) >= 16:
+                self._counts[name] = [_merge_counts(parts)]
+
+    def _update_moments(self, train: pa.Table) -> None:
+        if not self.layout.dense:
+            return
+        x = np.stack(
+            [
+                transform_dense(train.column(d.name).to_numpy(), d.transform)
+                for d in self.layout.dense
+            ],
+            axis=1,
+        )
+        n_b, mean_b = len(x), x.mean(axis=0)
+        m2_b = ((x - mean_b) ** 2).sum(axis=0)
+        n = self._n + n_b
+        delta = mean_b - self._mean
+        self._mean = self._mean + delta * n_b / n
+        self._m2 = self._m2 + m2_b + delta**2 * self._n * n_b / n
+        self._n = n
+
+    def check_nonempty(self, train_file: Path | None) -> None:
+        total = sum(self.rows.values())
+        for split in SPLITS:
+            if self.rows[split] == 0:
+                raise DataError(
+                    f"the {split} split would be empty ({total} rows in all); "
+                    "give more rows or larger split fractions",
+                    train_file,
+                )
+
+    def schema(self, min_count: int) -> FeatureSchema:
+        sparse = []
+        for name in self.layout.sparse:
+            merged = _merge_counts(self._counts[name])
+            sparse.append(
+                sparse_field_from_counts(
+                    name, merged.column("category"), merged.column("count"), min_count
+                )
+            )
+        dense = [
+            dense_field_from_moments(d.name, d.transform, float(m), float(v))
+            for d, m, v in zip(
+                self.layout.dense, self._mean, self._m2 / max(self._n, 1), strict=True
+            )
+        ]
+        return FeatureSchema(
+            dataset=self.layout.dataset,
+            sparse=tuple(sparse),
+            dense=tuple(dense),
+            tasks=self.layout.tasks,
+        )
+
+
+def _merge_counts(parts: list[pa.Table]) -> pa.Table:
+    table = pa.concat_tables(parts).group_by("category").aggregate([("count", "sum")])
+    return table.rename_columns(["category", "count"])
+
+
+class _ShardWriter:
+    """Writes one split as `part-00000.parquet`, ... of at most `rows_per_shard` rows."""
+
+    def __init__(self, directory: Path, schema: pa.Schema, rows_per_shard: int) -> None:
+        directory.mkdir(parents=True)
+        self.directory, self.schema, self.rows_per_shard = directory, schema, rows_per_shard
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._in_shard = 0
+        self._shards = 0
+
+    def write(self, table: pa.Table) -> None:
+        while table.num_rows:
+            if self._writer is None:
+                path = self.directory / f"part-{self._shards:05d}.parquet"
+                self._writer = pq.ParquetWriter(path, self.schema)
+                self._shards += 1
+            take = min(table.num_rows, self.rows_per_shard - self._in_shard)
+            self._writer.write_table(table.slice(0, take))
+            self.rows += take
+            self._in_shard += take
+            table = table.slice(take)
+            if self._in_shard == self.rows_per_shard:
+                self._close_shard()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._close_shard()
+
+    def _close_shard(self) -> None:
+        assert self._writer is not None
+        self._writer.close()
+        self._writer, self._in_shard = None, 0
+
+
+def _write_encoded(
+    schema: FeatureSchema,
+    layout: DatasetLayout,
+    sources: list[_Source],
+    directory: Path,
+    rows_per_shard: int,
+) -> dict[str, int]:
+    """Pass 2: re-assign splits, encode, write; returns rows written per split."""
+    arrow_schema = None
+    writers: dict[str, _ShardWriter] = {}
+    next_id = 0
+    for source in sources:
+        splitter = source.splitter()
+        for raw in source.chunks():
+            codes = splitter.assign(_strata(raw, layout))
+            ids = np.arange(next_id, next_id + raw.num_rows, dtype=np.int64)
+            next_id += raw.num_rows
+            encoded = schema.encode(raw).add_column(0, ROW_ID, pa.array(ids))
+            if arrow_schema is None:
+                arrow_schema = encoded.schema
+                writers = {
+                    s: _ShardWriter(directory / s, arrow_schema, rows_per_shard) for s in SPLITS
+                }
+            for code, split in enumerate(SPLITS):
+                mask = codes == code
+                if mask.any():
+                    writers[split].write(encoded.filter(pa.array(mask)))
+    for writer in writers.values():
+        writer.close()
+    return {split: writers[split].rows for split in SPLITS}
+
+
+def _split_record(
+    config: DatasetConfig,
+    config_hash: str,
+    schema: FeatureSchema,
+    sources: list[_Source],
+    checksums: dict[str, str],
+    stats: _Pass1,
+) -> dict[str, Any]:
+    parts = []
+    for source in sources:
+        rule = source.splitter()
+        parts.append(
+            {
+                "role": source.role,
+                "path": None if source.path is None else str(source.path),
+                "sha256": checksums.get(source.role),
+                "assigned_fractions": rule.fractions,
+            }
+        )
+    splits = {
+        split: {
+            "rows": stats.rows[split],
+            "positives": stats.positives[split],
+            "positive_rate": {
+                t: (p / stats.rows[split] if stats.rows[split] else None)
+                for t, p in stats.positives[split].items()
+            },
+        }
+        for split in SPLITS
+    }
+    return {
+        "format_version": FORMAT_VERSION,
+        "dataset": schema.dataset,
+        "source": config.source,
+        "seed": config.seed,
+        "method": (
+            "stratified on the joint label of all tasks: within each label combination, rows "
+            "in source order are cut into blocks of 1000 whose slots are shuffled with a seed "
+            "derived from (seed, label combination, block); each split owns its fraction of "
+            "every block's slots (see emm_ray.data.split)"
+        ),
+        "sources": parts,
+        "splits": splits,
+        "schema_hash": schema.hash,
+        "config": config.model_dump(mode="json"),
+        "config_hash": config_hash,
+    }
+
+
+def _config_hash(config: DatasetConfig, files: dict[str, Path], checksums: dict[str, str]) -> str:
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "config": config.model_dump(
+            mode="json", exclude={"train_path", "validation_path", "test_path", "chunk_rows"}
+        ),
+        "files": {role: str(path) for role, path in files.items()},
+        "sha256": checksums,
+    }
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    if not path.is_file():
+        raise DataError("file not found", path)
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

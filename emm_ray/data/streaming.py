@@ -1,0 +1,84 @@
+"""Prepared splits as Ray Data datasets, torch `Batch` iterators, or one in-memory `Batch`.
+
+The Ray Data path (`read_split` -> `iter_batches`) streams shards through the object
+store, so it works the same for a split of any size and from inside Ray Train workers
+(`ray.train.get_dataset_shard(name)` gives a `DataIterator` that `iter_batches`
+accepts). `load_split` reads a whole split with pyarrow for small data and evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow.parquet as pq
+
+from emm_ray.data.batch import Batch, BatchCollator
+from emm_ray.data.prepare import ROW_ID, PreparedDataset
+from emm_ray.data.schema import FeatureSchema
+
+if TYPE_CHECKING:
+    import ray.data
+
+
+def split_columns(schema: FeatureSchema, with_row_id: bool = False) -> list[str]:
+    """Columns a model needs (sparse, dense, labels), optionally with the stable row id."""
+    columns = schema.sparse_names + schema.dense_names + schema.task_names
+    return [ROW_ID, *columns] if with_row_id else columns
+
+
+def read_split(
+    prepared_dir: str | Path, split: str, *, with_row_id: bool = False
+) -> ray.data.Dataset:
+    """A lazy Ray Dataset over one split's parquet shards (needs a running Ray)."""
+    import ray.data
+
+    prepared = PreparedDataset.load(prepared_dir)
+    return ray.data.read_parquet(
+        str(prepared.split_dir(split)),
+        columns=split_columns(prepared.schema, with_row_id),
+        file_extensions=["parquet"],
+    )
+
+
+def iter_batches(
+    data: ray.data.Dataset | ray.data.DataIterator,
+    schema: FeatureSchema,
+    batch_size: int,
+    *,
+    shuffle_buffer_rows: int | None = None,
+    seed: int | None = None,
+    prefetch_batches: int = 1,
+    drop_last: bool = False,
+) -> Iterator[Batch]:
+    """Torch `Batch`es from a Dataset or a Ray Train shard iterator.
+
+    `shuffle_buffer_rows` turns on Ray Data's local shuffle (a buffer of at least that
+    many rows, seeded by `seed`): enough for SGD without a global shuffle pass.
+    Batches stay on the CPU; move them with `Batch.to(device)`.
+    """
+    if shuffle_buffer_rows is not None and shuffle_buffer_rows < batch_size:
+        raise ValueError(f"shuffle_buffer_rows ({shuffle_buffer_rows}) must be >= batch_size")
+    yield from data.iter_torch_batches(
+        batch_size=batch_size,
+        collate_fn=BatchCollator(schema),
+        local_shuffle_buffer_size=shuffle_buffer_rows,
+        local_shuffle_seed=seed,
+        prefetch_batches=prefetch_batches,
+        drop_last=drop_last,
+        device="cpu",
+    )
+
+
+def load_split(prepared_dir: str | Path, split: str) -> Batch:
+    """The whole split as one `Batch`, read with pyarrow (no Ray needed)."""
+    prepared = PreparedDataset.load(prepared_dir)
+    table = pq.read_table(prepared.split_dir(split), columns=split_columns(prepared.schema))
+    columns = {name: table.column(name).to_numpy() for name in table.column_names}
+    return BatchCollator(prepared.schema)(columns)
+
+
+def load_schema(prepared_dir: str | Path) -> FeatureSchema:
+    """The schema a prepared directory was encoded with."""
+    return PreparedDataset.load(prepared_dir).schema

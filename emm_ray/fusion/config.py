@@ -1,0 +1,51 @@
+"""How a pool is fused: the options of the EMM model, loaded from YAML.
+
+Two variants share one model skeleton. `emm` is emm-ray's method (differentiable top-k
+fusion gate, Transformer-block merge); `reference` reproduces the authors' formulation
+(hard-argmax fusion gate over tasks, single-head per-token-score merge without residual
+or LayerNorm). The other options are independent of the variant, so each ingredient can
+be measured on its own; `configs/fusion/reference.yaml` sets the reference's choices.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from emm_ray.config import StrictModel
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class FusionConfig(StrictModel):
+    """Shape of the AKF stack and of what feeds it.
+
+    - `levels`: number of aligned levels L; `None` derives it as the smallest number of
+      blocks in the pool (so every member contributes a component at every level).
+    - `embedding`: `pool` reuses each member's own trained embedding, frozen; `fresh`
+      learns one new embedding shared by all members (the reference's choice).
+    - `component_input`: what feeds a member's component at level l+1. `residual` gives it
+      its own previous component's output plus a zero-initialised adapter of its task's
+      fused state (so at initialisation every member runs exactly as trained, and fusion
+      only adds to it); `fused` gives it only the adapted fused state (the reference).
+    - `top_k`: other-task components the fusion gate keeps per task and level.
+    """
+
+    variant: Literal["emm", "reference"] = "emm"
+    levels: PositiveInt | None = None
+    d_model: PositiveInt = 64
+    heads: PositiveInt = 4
+    ffn_multiplier: PositiveInt = 2
+    top_k: PositiveInt = 2
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    embedding: Literal["pool", "fresh"] = "pool"
+    fresh_embedding_dim: PositiveInt = 16
+    component_input: Literal["residual", "fused"] = "residual"
+    tower_hidden: tuple[PositiveInt, ...] = (64,)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> FusionConfig:
+        if self.variant == "emm" and self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        return self

@@ -1,0 +1,150 @@
+"""The HTTP interface of a replica: `POST /predict`, `GET /healthz`, OpenAPI at `/docs`.
+
+Built per replica, after its model is loaded, because the request and response models
+are generated from that model's feature schema and tasks (see `records`). Every
+rejection is a 422 with one entry per problem, each naming the record index and the
+field, and a one-line `message` joining them; nothing a client sends can reach the
+model unvalidated, so bad input never becomes a 500.
+
+This module must not use `from __future__ import annotations`: FastAPI reads the
+endpoint's parameter annotation at run time, and here it is a class built locally.
+"""
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from emm_ray.serve.records import (
+    EncodedRecords,
+    ModelDescription,
+    encode_records,
+    request_model,
+    response_model,
+    unknown_categories,
+)
+from emm_ray.serve.servable import Servable
+from emm_ray.serve.settings import ServeSettings
+
+Forward = Callable[[EncodedRecords], Awaitable[np.ndarray]]
+MAX_REPORTED_ERRORS = 50
+
+
+class Problem(BaseModel):
+    """One reason a request was refused."""
+
+    loc: list[str | int]
+    record: int | None
+    field: str | None
+    type: str
+    msg: str
+
+
+class ErrorResponse(BaseModel):
+    """Body of every 422: the problems, and a `message` a person can read."""
+
+    message: str
+    detail: list[Problem]
+
+
+def build_api(
+    servable: Servable, description: ModelDescription, settings: ServeSettings, forward: Forward
+) -> FastAPI:
+    """A FastAPI app scoring raw records with `forward` (the replica's batched model call)."""
+    schema = servable.schema
+    predict_request = request_model(schema, settings.max_records_per_request)
+    predict_response = response_model(servable.tasks)
+    app = FastAPI(
+        title=f"emm-ray model {description.name}",
+        version=description.version,
+        description=(
+            f"Scores raw {schema.dataset} records for tasks {', '.join(servable.tasks)} "
+            f"with registered model {description.name} version {description.version} "
+            f"({description.kind}, schema {description.schema_hash}). Unseen categories: "
+            f"{settings.unknown_category}."
+        ),
+    )
+    app.add_exception_handler(RequestValidationError, _refuse)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        """Liveness and what is being served."""
+        return {"status": "ok", "model": description.model_dump()}
+
+    @app.post(
+        "/predict",
+        response_model=predict_response,
+        responses={422: {"model": ErrorResponse, "description": "a record or field is invalid"}},
+    )
+    async def predict(body: predict_request) -> dict[str, Any]:  # type: ignore[valid-type]
+        """Probability of every task for every record, in request order."""
+        records = body.records
+        encoded = encode_records(schema, records)
+        unknown = unknown_categories(schema, records, encoded)
+        if unknown and settings.unknown_category == "reject":
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "unknown_category",
+                        "loc": ("body", "records", u.record, u.field),
+                        "msg": f"unknown category {u.value!r}: not in the training vocabulary",
+                    }
+                    for u in unknown
+                ]
+            )
+        probabilities = await forward(encoded)
+        return {
+            "predictions": [
+                dict(zip(servable.tasks, row, strict=True)) for row in probabilities.tolist()
+            ],
+            "model": description,
+            "warnings": unknown,
+        }
+
+    return app
+
+
+async def _refuse(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming record and field for each problem (and never echoing NaN, which JSON lacks)."""
+    errors = list(exc.errors())
+    problems = [_problem(error) for error in errors[:MAX_REPORTED_ERRORS]]
+    lines = [_describe(p) for p in problems]
+    if len(errors) > MAX_REPORTED_ERRORS:
+        lines.append(f"... and {len(errors) - MAX_REPORTED_ERRORS} more problems")
+    body = ErrorResponse(message="; ".join(lines), detail=problems)
+    return JSONResponse(status_code=422, content=body.model_dump())
+
+
+def _problem(error: dict[str, Any]) -> Problem:
+    loc = [p if isinstance(p, int) else str(p) for p in error.get("loc", ())]
+    record = field = None
+    if len(loc) >= 3 and loc[:2] == ["body", "records"] and isinstance(loc[2], int):
+        record = loc[2]
+        field = str(loc[3]) if len(loc) > 3 else None
+    elif len(loc) >= 2 and loc[0] == "body" and isinstance(loc[1], str):
+        field = loc[1]
+    message = str(error.get("msg", "invalid"))
+    context = error.get("ctx", {})
+    if error.get("type") == "json_invalid" and "error" in context:
+        message = f"{message}: {context['error']}"
+    value = error.get("input")
+    if isinstance(value, float) and not math.isfinite(value):
+        message = f"{message} (got {value})"
+    return Problem(loc=loc, record=record, field=field, type=str(error.get("type")), msg=message)
+
+
+def _describe(problem: Problem) -> str:
+    if problem.record is not None:
+        where = f"records[{problem.record}]" + (f".{problem.field}" if problem.field else "")
+    elif problem.field is not None:
+        where = problem.field
+    elif problem.type == "json_invalid" and len(problem.loc) > 1:
+        where = f"request body (character {problem.loc[1]})"
+    else:
+        where = "request body"
+    return f"{where}: {problem.msg}"

@@ -1,0 +1,83 @@
+"""The Ray Serve application: `serve run serve_configs/<name>.yaml` or `deploy(...)`.
+
+`build_app` is the YAML's `import_path` (`emm_ray.serve.app:build_app`); its `args` are
+`ServeSettings`. Replicas, autoscaling and actor resources are Serve's own keys under
+`deployments:` (deployment name `EmmPredictor`). Each replica loads the registered model,
+then builds its FastAPI app from that model's schema (`@serve.ingress()` with
+`__serve_build_asgi_app__`), so the OpenAPI document shows the model's real fields.
+
+Requests are validated and encoded one by one, then `@serve.batch` stacks the encoded
+rows of concurrent requests into one forward (`max_batch_size` counts records), which is
+where a multi-task model answering all tasks in one pass pays off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+
+from emm_ray.serve.api import build_api
+from emm_ray.serve.loading import load_registered
+from emm_ray.serve.records import EncodedRecords
+from emm_ray.serve.settings import ServeSettings, parse_settings
+
+DEPLOYMENT_NAME = "EmmPredictor"
+
+
+def _records(batch: list[EncodedRecords]) -> int:
+    return sum(len(item) for item in batch)
+
+
+@serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 1})
+@serve.ingress()
+class EmmPredictor:
+    """One replica: a registered model behind `POST /predict` and `GET /healthz`."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.servable, self.description = load_registered(settings.model_uri, settings.tracking_uri)
+        self.forward.set_max_batch_size(settings.max_batch_size)
+        self.forward.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_api(self.servable, self.description, self.settings, self.forward)
+
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005, batch_size_fn=_records)
+    async def forward(self, batch: list[EncodedRecords]) -> list[np.ndarray]:
+        """Score the records of several requests in one model call; split per request."""
+        sparse = np.concatenate([item.sparse for item in batch])
+        dense = np.concatenate([item.dense for item in batch])
+        probabilities = await asyncio.to_thread(self.servable.predict_proba, sparse, dense)
+        return np.split(probabilities, np.cumsum([len(item) for item in batch])[:-1])
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Application builder for Serve YAML: validates `args` into `ServeSettings` first."""
+    return EmmPredictor.bind(parse_settings(args))
+
+
+def deploy(
+    settings: ServeSettings,
+    *,
+    name: str = "emm",
+    route_prefix: str = "/",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    num_replicas: int = 1,
+) -> str:
+    """Run the application on the connected Ray cluster; returns its base URL.
+
+    Serve's HTTP proxy is started on `host:port` if it is not running yet (an already
+    running proxy keeps its own address).
+    """
+    serve.start(http_options={"host": host, "port": port})
+    application = EmmPredictor.options(num_replicas=num_replicas).bind(
+        settings.model_copy(update={"tracking_uri": settings.resolved_tracking_uri()})
+    )
+    serve.run(application, name=name, route_prefix=route_prefix)
+    return f"http://{host}:{port}{route_prefix.rstrip('/')}"

@@ -1,0 +1,95 @@
+"""Load a model from the MLflow Model Registry (`models:/name/3`, `models:/name@champion`).
+
+The registered version's source is a model artifact directory (`emm_ray.tracking.artifacts`:
+weights, manifest, schema). It is downloaded, verified (checksum, schema hash,
+`weights_only` load) and rebuilt into a module by its manifest's `architecture`: a zoo
+architecture is a single-task pool member, `emm` is a fused model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from emm_ray.errors import ArtifactIntegrityError, ConfigError
+from emm_ray.models.registry import ARCHITECTURES, build_model
+from emm_ray.serve.records import ModelDescription
+from emm_ray.serve.servable import Servable
+from emm_ray.serve.settings import MODEL_URI
+from emm_ray.tracking.artifacts import ModuleArtifact, load_module_artifact
+from emm_ray.tracking.store import tracking_client
+
+
+def resolve_model_version(client: MlflowClient, model_uri: str) -> ModelVersion:
+    """The registry entry `model_uri` names; `ConfigError` if there is none."""
+    match = MODEL_URI.match(model_uri)
+    if match is None:
+        raise ConfigError(
+            f"expected models:/<name>/<version> or models:/<name>@<alias>, got {model_uri!r}"
+        )
+    try:
+        if match["alias"]:
+            return client.get_model_version_by_alias(match["name"], match["alias"])
+        return client.get_model_version(match["name"], match["version"])
+    except MlflowException as exc:
+        raise ConfigError(
+            f"{model_uri} is not in the model registry at {client.tracking_uri}: {exc.message}"
+        ) from None
+
+
+def download_model_version(client: MlflowClient, version: ModelVersion, destination: Path) -> Path:
+    """Copy the version's artifact directory to `destination` and return its local path."""
+    uri = client.get_model_version_download_uri(version.name, version.version)
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(destination), tracking_uri=client.tracking_uri
+        )
+    )
+
+
+def servable_from_artifact(artifact: ModuleArtifact) -> Servable:
+    """Rebuild the artifact's module from its manifest and load its verified weights."""
+    manifest = artifact.manifest
+    if manifest.architecture in ARCHITECTURES:
+        if len(manifest.tasks) != 1:
+            raise ArtifactIntegrityError(
+                f"{artifact.path}: a {manifest.architecture} model predicts one task, but the "
+                f"manifest lists {list(manifest.tasks)}"
+            )
+        module = build_model(
+            manifest.architecture, artifact.schema, manifest.tasks[0], **manifest.hparams
+        )
+    else:
+        raise ArtifactIntegrityError(
+            f"{artifact.path}: cannot serve architecture {manifest.architecture!r} "
+            f"(servable: {', '.join(sorted(ARCHITECTURES))})"
+        )
+    module.load_state_dict(artifact.state_dict)
+    return Servable(artifact.schema, module, tuple(manifest.tasks), manifest.kind)
+
+
+def load_registered(
+    model_uri: str, tracking_uri: str | None = None
+) -> tuple[Servable, ModelDescription]:
+    """The servable behind `model_uri`, and a description of the version for responses."""
+    client = tracking_client(tracking_uri)
+    version = resolve_model_version(client, model_uri)
+    with tempfile.TemporaryDirectory(prefix="emm-serve-") as tmp:
+        artifact = load_module_artifact(download_model_version(client, version, Path(tmp)))
+        servable = servable_from_artifact(artifact)
+    match = MODEL_URI.match(model_uri)
+    description = ModelDescription(
+        name=version.name,
+        version=str(version.version),
+        alias=match["alias"] if match else None,
+        run_id=version.run_id,
+        kind=servable.kind,
+        schema_hash=servable.schema.hash,
+        tasks=list(servable.tasks),
+    )
+    return servable, description

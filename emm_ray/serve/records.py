@@ -1,0 +1,196 @@
+"""Raw request records: their pydantic models (built from the feature schema) and encoding.
+
+The request model is generated from the schema the served model was trained on, so the
+OpenAPI document lists every feature with its type, and FastAPI rejects a missing
+feature, a wrong type or a non-finite number with a 422 whose `loc` names the record
+index and the field. Values are then encoded by the schema itself (vocabulary lookup,
+dense scaling), exactly as training data was.
+
+Types accepted per field: a dense feature takes a JSON number (not a numeric string,
+not a boolean, not NaN/Infinity); a categorical takes a string or an integer (integers
+are matched as their decimal text, the form the vocabularies store). Keys that are not
+features (an id, a label) are ignored, so rows copied from the dataset can be sent as
+they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    Strict,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+)
+
+from emm_ray.data.batch import BatchCollator
+from emm_ray.data.schema import OOV_INDEX, FeatureSchema
+
+
+def _category(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(
+            f"a categorical value must be a string or an integer, got {type(value).__name__}"
+        )
+    return str(value)
+
+
+Category = Annotated[
+    str,
+    PlainValidator(_category),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "integer"}]}),
+]
+DenseValue = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+
+
+def record_model(schema: FeatureSchema) -> type[BaseModel]:
+    """One raw record: every feature of `schema` under its own name, typed.
+
+    Python attribute names are positional (`s0`, `d0`, ...) with the feature name as the
+    alias, because feature names need not be identifiers ("class of worker").
+    """
+    fields: dict[str, Any] = {}
+    for i, field in enumerate(schema.sparse):
+        example = field.vocabulary[0] if field.vocabulary else "unknown"
+        fields[f"s{i}"] = (
+            Category,
+            Field(
+                alias=field.name,
+                description=f"categorical, {len(field.vocabulary)} known values",
+                examples=[example],
+            ),
+        )
+    for i, field in enumerate(schema.dense):
+        fields[f"d{i}"] = (
+            DenseValue,
+            Field(alias=field.name, description="numeric, raw (unscaled) value", examples=[0.0]),
+        )
+    return create_model(
+        f"{_identifier(schema.dataset)}Record",
+        __config__=ConfigDict(extra="ignore", frozen=True),
+        **fields,
+    )
+
+
+def request_model(schema: FeatureSchema, max_records: int) -> type[BaseModel]:
+    """`{"records": [record, ...]}` with 1..`max_records` records."""
+    record = record_model(schema)
+
+    class PredictRequest(BaseModel):
+        """A batch of raw records to score for every task."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        records: list[record] = Field(  # type: ignore[valid-type]
+            description=f"1 to {max_records} raw records", min_length=1
+        )
+
+        @field_validator("records", mode="before")
+        @classmethod
+        def _at_most_max_records(cls, value: Any) -> Any:
+            """Refuse an oversized batch before validating thousands of records."""
+            if isinstance(value, list) and len(value) > max_records:
+                raise ValueError(
+                    f"{len(value)} records exceed this deployment's limit of {max_records} "
+                    "per request (max_records_per_request); split the batch"
+                )
+            return value
+
+    return PredictRequest
+
+
+def response_model(tasks: Sequence[str]) -> type[BaseModel]:
+    """`{"predictions": [{task: probability}], "model": ..., "warnings": [...]}`."""
+    prediction = create_model(
+        "TaskProbabilities",
+        __config__=ConfigDict(extra="forbid"),
+        **{
+            f"t{i}": (float, Field(alias=task, description=f"P({task}) for the record"))
+            for i, task in enumerate(tasks)
+        },
+    )
+
+    class PredictResponse(BaseModel):
+        """Probabilities per record (request order) and task, and what answered."""
+
+        predictions: list[prediction]  # type: ignore[valid-type]
+        model: ModelDescription
+        warnings: list[UnknownCategory] = Field(
+            default_factory=list, description="unseen categories scored as out-of-vocabulary"
+        )
+
+    return PredictResponse
+
+
+class ModelDescription(BaseModel):
+    """The registered model version a replica serves."""
+
+    name: str
+    version: str
+    alias: str | None
+    run_id: str | None
+    kind: str
+    schema_hash: str
+    tasks: list[str]
+
+
+class UnknownCategory(BaseModel):
+    """A categorical value not in the field's training vocabulary."""
+
+    record: int
+    field: str
+    value: str
+    message: str = "unseen category, scored with the out-of-vocabulary embedding"
+
+
+@dataclass(frozen=True)
+class EncodedRecords:
+    """Model inputs for one request: `sparse [B, S] int64`, `dense [B, D] float32`."""
+
+    sparse: np.ndarray
+    dense: np.ndarray
+
+    def __len__(self) -> int:
+        return self.sparse.shape[0]
+
+
+def encode_records(schema: FeatureSchema, records: Sequence[BaseModel]) -> EncodedRecords:
+    """Validated records -> model inputs, through the schema's own `encode`."""
+    columns: dict[str, pa.Array] = {}
+    for i, field in enumerate(schema.sparse):
+        columns[field.name] = pa.array([getattr(r, f"s{i}") for r in records], pa.string())
+    for i, field in enumerate(schema.dense):
+        columns[field.name] = pa.array([getattr(r, f"d{i}") for r in records], pa.float64())
+    for task in schema.task_names:  # `encode` also converts labels; a request has none
+        columns[task] = pa.array(np.zeros(len(records), dtype=np.int8))
+    encoded = schema.encode(pa.table(columns))
+    batch = BatchCollator(schema)(
+        {name: encoded.column(name).to_numpy() for name in encoded.column_names}
+    )
+    return EncodedRecords(batch.sparse.numpy(), batch.dense.numpy())
+
+
+def unknown_categories(
+    schema: FeatureSchema, records: Sequence[BaseModel], encoded: EncodedRecords
+) -> list[UnknownCategory]:
+    """Every (record, field) whose value fell into the out-of-vocabulary bucket."""
+    rows, fields = np.nonzero(encoded.sparse == OOV_INDEX)
+    return [
+        UnknownCategory(
+            record=int(row), field=schema.sparse[col].name, value=getattr(records[row], f"s{col}")
+        )
+        for row, col in zip(rows, fields, strict=True)
+    ]
+
+
+def _identifier(name: str) -> str:
+    return "".join(part.capitalize() for part in name.replace("-", "_").split("_") if part)

@@ -1,0 +1,1 @@
+"""MLflow tracking and self-describing model artifacts (manifest + checksum)."""

@@ -1,0 +1,133 @@
+"""Where runs are recorded: MLflow client set-up, experiments, run look-ups by tag.
+
+The default store is a SQLite database `mlruns.db` in the current directory with
+artifacts in `mlartifacts/` beside it, so a single machine needs no server;
+`MLFLOW_TRACKING_URI` (or an explicit URI) points every stage at a shared server instead.
+Only the driver talks to MLflow: Ray workers return their results, which keeps SQLite
+free of concurrent writers and lets workers on other nodes run without store access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from mlflow.entities import Metric, Param, Run
+from mlflow.tracking import MlflowClient
+
+DEFAULT_DATABASE = "mlruns.db"
+ARTIFACT_FOLDER = "mlartifacts"
+TAG_PREFIX = "emm."
+MAX_PARAM_LENGTH = 6000
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """`uri`, else `MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlruns.db` (absolute)."""
+    if uri:
+        return uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path.cwd().resolve() / DEFAULT_DATABASE}"
+
+
+def tracking_client(uri: str | None = None) -> MlflowClient:
+    """A client bound to one store; passing it around avoids MLflow's global active run."""
+    resolved = resolve_tracking_uri(uri)
+    return MlflowClient(tracking_uri=resolved, registry_uri=resolved)
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's id, creating it (artifacts beside a SQLite database) if missing."""
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    return client.create_experiment(name, artifact_location=_artifact_location(client))
+
+
+def _artifact_location(client: MlflowClient) -> str | None:
+    """`file://<db folder>/mlartifacts` for SQLite stores; the server's default otherwise."""
+    parsed = urlparse(client.tracking_uri)
+    if parsed.scheme != "sqlite":
+        return None
+    database = Path(unquote(parsed.path))
+    return (database.parent / ARTIFACT_FOLDER).resolve().as_uri()
+
+
+def spec_digest(payload: Mapping[str, Any]) -> str:
+    """Short stable hash of a JSON-able spec: the key a rerun uses to recognise finished work."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def tag(name: str) -> str:
+    """The namespaced MLflow tag key emm-ray uses for `name`."""
+    return TAG_PREFIX + name
+
+
+def find_runs(
+    client: MlflowClient,
+    experiment_id: str,
+    tags: Mapping[str, str],
+    status: str | None = "FINISHED",
+) -> list[Run]:
+    """Runs whose emm tags all equal `tags` (and with `status`), newest first."""
+    clauses = [f"tags.`{tag(k)}` = '{_quote(v)}'" for k, v in tags.items()]
+    if status is not None:
+        clauses.append(f"attributes.status = '{status}'")
+    return client.search_runs(
+        [experiment_id], filter_string=" and ".join(clauses), order_by=["attributes.start_time DESC"]
+    )
+
+
+def _quote(value: str) -> str:
+    return str(value).replace("'", "\\'")
+
+
+def flatten_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
+    """Nested config -> `prefix.key.sub` string params (MLflow params are flat strings)."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(name, value))
+        else:
+            flat[name] = json.dumps(value, default=str)[:MAX_PARAM_LENGTH]
+    return flat
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+    items = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start : start + 100])
+
+
+def log_history(
+    client: MlflowClient, run_id: str, history: Sequence[Mapping[str, float]], timestamp_ms: int
+) -> None:
+    """Per-epoch metrics with the epoch as MLflow step."""
+    metrics = [
+        Metric(key, float(value), timestamp_ms, int(row["epoch"]))
+        for row in history
+        for key, value in row.items()
+        if key != "epoch"
+    ]
+    for start in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[start : start + 500])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], ts: int) -> None:
+    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
+
+
+def download_run_directory(
+    client: MlflowClient, run_id: str, artifact_path: str, destination: str | Path | None = None
+) -> Path:
+    """Copy a run's artifact folder to local disk (a temp dir by default) and return its path."""
+    target = Path(destination) if destination else Path(tempfile.mkdtemp(prefix="emm-artifact-"))
+    return Path(client.download_artifacts(run_id, artifact_path, str(target)))

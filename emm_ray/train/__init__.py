@@ -1,0 +1,1 @@
+"""Training: the generic loop, the Ray Train runner, and pool training."""

@@ -1,0 +1,294 @@
+"""Run the generic loop inside a Ray Train `TorchTrainer`, for any module.
+
+A `TrainJob` says what to train (a picklable `module_factory(schema) -> nn.Module`), on
+which prepared dataset and tasks, with which `TrainConfig` and worker resources. The
+worker builds the module itself (so nothing large or unpicklable crosses the network),
+reads its data, runs `fit`, reports metrics and a resumable checkpoint every epoch, and
+returns the best weights; `run_train_job` hands those back as a `TrainOutcome`.
+
+Pool members, the fused EMM model and the baselines differ only in their factory.
+
+Data: `memory` reads the split once into one tensor `Batch` per worker (parquet via
+pyarrow, a strided shard per rank) and trains from it; `stream` iterates a Ray Data
+shard batch by batch for splits larger than memory; `auto` picks `memory` when the
+decoded split is below `MEMORY_LIMIT_BYTES`. Validation is never sharded: every worker
+scores the whole split, so all workers reach the same early-stopping decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow.parquet as pq
+import torch
+from pydantic import Field
+from torch import nn
+
+from emm_ray.config import StrictModel
+from emm_ray.data.batch import Batch, BatchCollator
+from emm_ray.data.schema import FeatureSchema
+from emm_ray.errors import EmmError
+from emm_ray.train.loop import (
+    EpochEnd,
+    IterableBatches,
+    TensorBatches,
+    TrainConfig,
+    fit,
+    seed_everything,
+)
+
+logger = logging.getLogger(__name__)
+
+ModuleFactory = Callable[[FeatureSchema], nn.Module]
+DataMode = Literal["auto", "memory", "stream"]
+MEMORY_LIMIT_BYTES = 4 * 1024**3
+RESUME_FILE = "train_state.pt"
+SHUFFLE_BUFFER_ROWS = 100_000
+
+
+class WorkerResources(StrictModel):
+    """Ray resources of one training job: `num_workers` data-parallel workers, each with
+    `cpu` CPUs and `gpu` GPUs (fractions share a device between concurrent jobs)."""
+
+    num_workers: int = Field(1, ge=1)
+    cpu: float = Field(0.5, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything a Ray Train run needs; picklable, so it can travel to a worker."""
+
+    name: str
+    module_factory: ModuleFactory
+    data_dir: str
+    tasks: tuple[str, ...]
+    config: TrainConfig
+    storage_path: str
+    resources: WorkerResources = WorkerResources()
+    data_mode: DataMode = "auto"
+    max_failures: int = 0
+
+
+@dataclass
+class TrainOutcome:
+    """The best weights (CPU) and what training reported, as the driver sees them."""
+
+    name: str
+    state_dict: dict[str, torch.Tensor]
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_metrics: dict[str, float]
+    stopped_early: bool
+    device: str
+    wall_seconds: float
+    run_path: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def best_score(self) -> float:
+        """Mean validation AUC of the best epoch (the early-stopping criterion)."""
+        return self.best_metrics["val_auc"]
+
+    @property
+    def samples_per_s(self) -> float:
+        """Training throughput over all epochs (rows / pure training seconds)."""
+        rows = sum(h["train_rows"] for h in self.history)
+        seconds = sum(h["train_seconds"] for h in self.history)
+        return rows / seconds if seconds > 0 else 0.0
+
+
+def cluster_gpus() -> float:
+    """GPUs the connected Ray cluster has (0 on a CPU-only cluster)."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def fit_resources(
+    name: str, resources: WorkerResources, available_gpus: float
+) -> tuple[WorkerResources, str | None]:
+    """Drop a GPU request the cluster cannot serve, with a message saying so."""
+    if resources.gpu <= 0 or available_gpus > 0:
+        return resources, None
+    message = (
+        f"{name}: {resources.gpu} GPU per worker requested, but the Ray cluster has no GPU; "
+        f"training on CPU ({resources.cpu} CPU per worker) instead"
+    )
+    logger.warning(message)
+    return resources.model_copy(update={"gpu": 0.0}), message
+
+
+def run_train_job(job: TrainJob) -> TrainOutcome:
+    """Train `job` on the connected Ray cluster; raises the worker's error if training fails."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources, note = fit_resources(job.name, job.resources, cluster_gpus())
+    job = replace(job, resources=resources)
+    mode = resolve_data_mode(job)
+    datasets = None
+    if mode == "stream":
+        from emm_ray.data.streaming import read_split
+
+        datasets = {s: read_split(job.data_dir, s) for s in ("train", "validation")}
+    resources_per_worker = {"CPU": resources.cpu}
+    if resources.gpu > 0:
+        resources_per_worker["GPU"] = resources.gpu
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"job": job, "mode": mode},
+        scaling_config=ScalingConfig(
+            num_workers=resources.num_workers,
+            use_gpu=resources.gpu > 0,
+            resources_per_worker=resources_per_worker,
+        ),
+        run_config=RunConfig(
+            name=f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
+            storage_path=job.storage_path,
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=job.max_failures),
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    started = time.perf_counter()
+    result = trainer.fit()
+    wall = time.perf_counter() - started
+    returned: dict[str, Any] = result.return_value
+    return TrainOutcome(
+        name=job.name,
+        state_dict=returned["state_dict"],
+        history=returned["history"],
+        best_epoch=returned["best_epoch"],
+        best_metrics=returned["history"][returned["best_epoch"] - 1],
+        stopped_early=returned["stopped_early"],
+        device=returned["device"],
+        wall_seconds=wall,
+        run_path=result.path,
+        notes=[note] if note else [],
+    )
+
+
+def resolve_data_mode(job: TrainJob) -> Literal["memory", "stream"]:
+    """`memory` when the decoded training split fits comfortably, else `stream`."""
+    if job.data_mode != "auto":
+        return job.data_mode
+    schema = FeatureSchema.load(job.data_dir)
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in _parquet_files(job.data_dir, "train"))
+    row_bytes = 8 * len(schema.sparse) + 4 * (len(schema.dense) + len(schema.tasks))
+    return "memory" if rows * row_bytes < MEMORY_LIMIT_BYTES else "stream"
+
+
+def _parquet_files(data_dir: str, split: str) -> list[Path]:
+    files = sorted((Path(data_dir) / split).rglob("*.parquet"))
+    if not files:
+        raise EmmError(f"no parquet files under {Path(data_dir) / split}: is it a prepared dataset?")
+    return files
+
+
+def _train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
+    """Runs on every Ray Train worker; rank 0 returns the best weights and the history."""
+    import ray.train
+    import ray.train.torch
+
+    job: TrainJob = loop_config["job"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(job.config.num_threads or max(1, int(job.resources.cpu)))
+
+    schema = FeatureSchema.load(job.data_dir)
+    task_indices = [schema.task_index(t) for t in job.tasks]
+    seed_everything(job.config.seed)
+    module = job.module_factory(schema).to(device)
+    if world > 1:
+        module = ray.train.torch.prepare_model(module, move_to_device=False)
+    if loop_config["mode"] == "memory":
+        train, validation = _memory_sources(job, rank, world, device)
+    else:
+        train, validation = _stream_sources(job, schema, device)
+
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            resume = torch.load(Path(directory) / RESUME_FILE, map_location=device, weights_only=True)
+
+    def report(end: EpochEnd) -> None:
+        metrics = {**end.metrics, "best_epoch": end.state.best_epoch, "is_best": end.is_best}
+        with tempfile.TemporaryDirectory() as directory:
+            saved = None
+            if rank == 0:
+                torch.save(end.resume_state(), Path(directory) / RESUME_FILE)
+                saved = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(metrics, checkpoint=saved)
+
+    result = fit(
+        module, train, validation, task_indices, job.config,
+        task_names=job.tasks, device=device, on_epoch=report, resume=resume,
+    )
+    if rank != 0:
+        return None
+    return {
+        "state_dict": result.best_state,
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "device": str(device),
+    }
+
+
+def _memory_sources(
+    job: TrainJob, rank: int, world: int, device: torch.device
+) -> tuple[TensorBatches, TensorBatches]:
+    from emm_ray.data.streaming import load_split
+
+    train = load_split(job.data_dir, "train")
+    if world > 1:
+        train = train.slice(slice(rank, None, world))
+    validation = load_split(job.data_dir, "validation")
+    if device.type == "cuda":
+        train, validation = train.to(device), validation.to(device)
+    config = job.config
+    return (
+        TensorBatches(train, config.batch_size, shuffle=True, seed=config.seed),
+        TensorBatches(validation, config.eval_batch_size),
+    )
+
+
+def _stream_sources(
+    job: TrainJob, schema: FeatureSchema, device: torch.device
+) -> tuple[IterableBatches, IterableBatches]:
+    import ray.train
+
+    collate = BatchCollator(schema)
+    config = job.config
+    pin = device.type == "cuda"
+    train_shard = ray.train.get_dataset_shard("train")
+    validation_shard = ray.train.get_dataset_shard("validation")
+
+    def train_epoch(epoch: int) -> Iterator[Batch]:
+        batches = train_shard.iter_torch_batches(
+            batch_size=config.batch_size,
+            collate_fn=collate,
+            local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
+            local_shuffle_seed=config.seed * 1_000_003 + epoch,
+            prefetch_batches=2,
+        )
+        return (b.pin_memory() if pin else b for b in batches)
+
+    def validation_pass(_: int) -> Iterator[Batch]:
+        batches = validation_shard.iter_torch_batches(
+            batch_size=config.eval_batch_size, collate_fn=collate, prefetch_batches=2
+        )
+        return (b.pin_memory() if pin else b for b in batches)
+
+    return IterableBatches(train_epoch), IterableBatches(validation_pass)

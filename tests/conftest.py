@@ -1,0 +1,38 @@
+"""Shared fixtures: one local Ray cluster for the whole session, the real-data directory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import emm_ray  # noqa: F401  (sets Ray's environment before ray is imported)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Real benchmark data (`EMM_DATA_DIR`, default `../shared/data` beside the repo)."""
+    path = Path(os.environ.get("EMM_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+    if not path.is_dir():
+        pytest.fail(f"real data directory {path} not found; set EMM_DATA_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One local cluster (2 CPUs, 512 MB object store) shared by every Ray test."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        object_store_memory=512 * 1024**2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+    )
+    yield
+    ray.shutdown()

@@ -1,0 +1,286 @@
+"""Serve over real HTTP: the shipped YAML run with `serve run`, a registered model, raw records.
+
+One model is registered in a temporary MLflow store; `serve run` (a second driver on the
+session cluster) runs serve_configs/census.yaml with its args pointed at that model, plus
+a second application in `reject` mode for unknown categories. Every test talks to it
+with urllib, as a client would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+import yaml
+
+from emm_ray.data.batch import BatchCollator
+from emm_ray.runtime import RAY_ENV
+from tests.serve.models import RegisteredModel, raw_rows, register_tiny_model
+
+REPO = Path(__file__).resolve().parents[2]
+SERVE_CONFIG = REPO / "serve_configs" / "census.yaml"
+MAX_RECORDS = 8
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+
+
+@dataclass(frozen=True)
+class Service:
+    url: str
+    strict_url: str
+    model: RegisteredModel
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _request(url: str, body: bytes | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json"} if body else {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def _post(url: str, payload: Any) -> tuple[int, Any]:
+    return _request(url, json.dumps(payload).encode())
+
+
+def _serve_yaml(model_uri: str, tracking_uri: str, port: int) -> dict[str, Any]:
+    """The shipped config with its args pointed at the test model, plus a strict twin."""
+    config = yaml.safe_load(SERVE_CONFIG.read_text())
+    config["http_options"]["port"] = port
+    app = config["applications"][0]
+    app["args"].update(
+        model_uri=model_uri, tracking_uri=tracking_uri, max_records_per_request=MAX_RECORDS
+    )
+    for deployment in app["deployments"]:
+        deployment["ray_actor_options"]["num_cpus"] = 0.25
+        deployment["autoscaling_config"]["max_replicas"] = 1
+    strict = json.loads(json.dumps(app))
+    strict.update(name="emm-strict", route_prefix="/strict")
+    strict["args"]["unknown_category"] = "reject"
+    config["applications"].append(strict)
+    return config
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"serve run exited with {process.returncode}")
+        try:
+            if _request(url + "/healthz")[0] == 200:
+                return
+        except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url}/healthz not ready after {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def service(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    import ray
+    from ray import serve
+
+    tmp = tmp_path_factory.mktemp("serve")
+    model = register_tiny_model(tmp)
+    port = _free_port()
+    config_path = tmp / "serve.yaml"
+    config_path.write_text(yaml.safe_dump(_serve_yaml(model.uri, model.tracking_uri, port)))
+    address = ray.get_runtime_context().gcs_address
+    env = {**os.environ, **RAY_ENV}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = (tmp / "serve-run.log").open("wb")
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("serve")),
+            "run",
+            str(config_path),
+            "--address",
+            address,
+        ],
+        cwd=tmp,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process, timeout_s=150)
+        _wait_healthy(url + "/strict", process, timeout_s=30)
+        yield Service(url, url + "/strict", model)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        serve.shutdown()
+        log.close()
+
+
+def _expected(model: RegisteredModel, rows: list[dict[str, Any]]) -> np.ndarray:
+    """The model's own probabilities for raw rows, encoded by the schema in-process."""
+    schema = model.schema
+    table = pa.table(
+        {
+            **{f.name: pa.array([str(r[f.name]) for r in rows]) for f in schema.sparse},
+            **{f.name: pa.array([float(r[f.name]) for r in rows]) for f in schema.dense},
+            **{t: pa.array([0] * len(rows), pa.int8()) for t in schema.task_names},
+        }
+    )
+    encoded = schema.encode(table)
+    batch = BatchCollator(schema)({n: encoded.column(n).to_numpy() for n in encoded.column_names})
+    with torch.inference_mode():
+        logits = model.module(batch.sparse, batch.dense).reshape(len(rows), -1)
+    return torch.sigmoid(logits.double()).numpy()
+
+
+def test_health_reports_the_registered_version(service: Service) -> None:
+    status, body = _request(service.url + "/healthz")
+    assert status == 200
+    assert body["status"] == "ok"
+    assert body["model"]["name"] == service.model.name
+    assert body["model"]["version"] == service.model.version
+    assert body["model"]["schema_hash"] == service.model.schema.hash
+
+
+def test_openapi_documents_predict_with_every_feature(service: Service) -> None:
+    status, spec = _request(service.url + "/openapi.json")
+    assert status == 200
+    assert "/predict" in spec["paths"]
+    record = next(s for n, s in spec["components"]["schemas"].items() if n.endswith("Record"))
+    features = service.model.schema.sparse_names + service.model.schema.dense_names
+    assert sorted(record["properties"]) == sorted(features)
+    assert sorted(record["required"]) == sorted(features)
+
+
+def test_probabilities_equal_the_models_own_predictions(service: Service) -> None:
+    rows = raw_rows(service.model.schema, count=MAX_RECORDS, seed=1)
+    status, body = _post(service.url + "/predict", {"records": rows})
+    assert status == 200, body
+    tasks = service.model.tasks
+    served = np.array([[p[t] for t in tasks] for p in body["predictions"]])
+    np.testing.assert_allclose(served, _expected(service.model, rows), atol=1e-6, rtol=0)
+    assert body["warnings"] == []
+    assert body["model"]["version"] == service.model.version
+
+
+def test_concurrent_requests_are_batched_without_mixing_rows(service: Service) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    requests = [raw_rows(service.model.schema, count=1 + i % 3, seed=10 + i) for i in range(12)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(
+            pool.map(lambda r: _post(service.url + "/predict", {"records": r}), requests)
+        )
+    for rows, (status, body) in zip(requests, answers, strict=True):
+        assert status == 200, body
+        served = np.array([[p[t] for t in service.model.tasks] for p in body["predictions"]])
+        np.testing.assert_allclose(served, _expected(service.model, rows), atol=1e-6, rtol=0)
+
+
+def test_unknown_category_is_scored_as_oov_and_reported(service: Service) -> None:
+    rows = raw_rows(service.model.schema, count=2, seed=2)
+    field = service.model.schema.sparse[0].name
+    rows[1][field] = "a category nobody has seen"
+    status, body = _post(service.url + "/predict", {"records": rows})
+    assert status == 200, body
+    assert body["warnings"] == [
+        {
+            "record": 1,
+            "field": field,
+            "value": "a category nobody has seen",
+            "message": "unseen category, scored with the out-of-vocabulary embedding",
+        }
+    ]
+    served = np.array([[p[t] for t in service.model.tasks] for p in body["predictions"]])
+    np.testing.assert_allclose(served, _expected(service.model, rows), atol=1e-6, rtol=0)
+
+
+def test_unknown_category_is_rejected_in_reject_mode(service: Service) -> None:
+    rows = raw_rows(service.model.schema, count=3, seed=3)
+    field = service.model.schema.sparse[1].name
+    rows[2][field] = "never seen"
+    status, body = _post(service.strict_url + "/predict", {"records": rows})
+    assert status == 422
+    assert f"records[2].{field}" in body["message"]
+    assert "never seen" in body["message"]
+    assert body["detail"][0]["record"] == 2 and body["detail"][0]["field"] == field
+
+
+def _bad_requests(model: RegisteredModel) -> list[tuple[str, bytes, str]]:
+    """(case, raw body, text the message must contain) for every kind of bad input."""
+    schema = model.schema
+    dense, sparse = schema.dense[0].name, schema.sparse[0].name
+
+    def body(mutate: Any) -> bytes:
+        rows = raw_rows(schema, count=3, seed=4)
+        mutate(rows)
+        return json.dumps({"records": rows}).encode()
+
+    return [
+        ("malformed json", b'{"records": [{"age": 3', "JSON decode error"),
+        ("not an object", b"[1, 2]", "request body"),
+        ("records missing", b"{}", "records"),
+        ("missing feature", body(lambda r: r[1].pop(dense)), f"records[1].{dense}: Field required"),
+        ("string for dense", body(lambda r: r[2].update({dense: "39"})), f"records[2].{dense}"),
+        ("bool for dense", body(lambda r: r[0].update({dense: True})), f"records[0].{dense}"),
+        ("null for dense", body(lambda r: r[0].update({dense: None})), f"records[0].{dense}"),
+        ("float for category", body(lambda r: r[1].update({sparse: 1.5})), f"records[1].{sparse}"),
+        ("list for category", body(lambda r: r[1].update({sparse: ["a"]})), f"records[1].{sparse}"),
+        ("NaN", body(lambda r: r[2].update({dense: math.nan})), f"records[2].{dense}"),
+        ("Infinity", body(lambda r: r[0].update({dense: math.inf})), f"records[0].{dense}"),
+        (
+            "overflow to inf",
+            body(lambda r: r[0].update({dense: 1e308})).replace(b"1e+308", b"1e999"),
+            f"records[0].{dense}",
+        ),
+        ("record not an object", json.dumps({"records": [1]}).encode(), "records[0]"),
+        (
+            "empty batch",
+            json.dumps({"records": []}).encode(),
+            "records: List should have at least 1",
+        ),
+        (
+            "oversized batch",
+            json.dumps({"records": raw_rows(schema, MAX_RECORDS + 1, seed=5)}).encode(),
+            f"limit of {MAX_RECORDS}",
+        ),
+        ("unknown top-level key", json.dumps({"records": [], "recordz": 1}).encode(), "recordz"),
+    ]
+
+
+def test_every_bad_input_is_a_422_naming_the_field(service: Service) -> None:
+    failures = []
+    for case, payload, expected in _bad_requests(service.model):
+        status, body = _request(service.url + "/predict", payload)
+        print("DBG", case, status, body.get("message"))
+        if status != 422 or expected not in body.get("message", ""):
+            failures.append(f"{case}: {status} {body}")
+    assert not failures, "\n".join(failures)
+    status, body = _post(service.url + "/predict", {"records": raw_rows(service.model.schema, 2)})
+    assert status == 200, f"the replica stopped answering after bad input: {body}"
