@@ -55,13 +55,12 @@ class RowIdCollator(BatchCollator):
     """`BatchCollator` that also returns the batch's row ids (the audit needs both)."""
 
     def __call__(self, columns: dict[str, np.ndarray]) -> tuple[torch.Tensor, Batch]:  # type: ignore[override]
-        return torch.from_numpy(np.asarray(columns[ROW_ID], dtype=np.int64)), super().__call__(
-            columns
-        )
+        row_ids = torch.from_numpy(np.array(columns[ROW_ID], dtype=np.int64))
+        return row_ids, super().__call__(columns)
 
 
 def invalid_rows(batch: Batch, cardinalities: torch.Tensor) -> int:
-    """Rows with a sparse index outside `[0, cardinality)`, a non-finite dense, or a non-0/1 label."""
+    """Rows with a sparse index outside `[0, cardinality)`, a non-finite dense or a bad label."""
     bad = ((batch.sparse < 0) | (batch.sparse >= cardinalities)).any(dim=1)
     if batch.dense.shape[1]:
         bad |= ~torch.isfinite(batch.dense).all(dim=1)

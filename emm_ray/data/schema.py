@@ -169,14 +169,22 @@ def fit_dense_field(
 def dense_field_from_moments(
     name: str, transform: Literal["identity", "log1p"], mean: float, variance: float
 ) -> DenseField:
-    """A dense scaler from moments of the transformed training values (e.g. streamed)."""
+    """A dense scaler from moments of the transformed training values (e.g. streamed).
+
+    Rounded to 12 significant digits: moments summed in other chunk sizes differ in the
+    last bits, and the schema (and its hash) must not depend on how data was chunked.
+    """
     std = math.sqrt(max(variance, 0.0))
     return DenseField(
         name=name,
         transform=transform,
-        mean=mean,
-        std=std if std > 1e-12 and math.isfinite(std) else 1.0,
+        mean=_round(mean),
+        std=_round(std) if std > 1e-12 and math.isfinite(std) else 1.0,
     )
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.12g}")
 
 
 def fit_sparse_field(

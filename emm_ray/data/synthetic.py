@@ -35,12 +35,13 @@ from emm_ray.data.adapters import ali_ccp, aliexpress, census
 from emm_ray.data.layout import DatasetLayout
 from emm_ray.errors import ConfigError
 
-BLOCK_ROWS = 1 << 16
+BLOCK_ROWS = 1 << 14
 SHARED_DIMS = 4
 PRIVATE_DIMS = 2
+SHARED_CORRELATION = 0.75  # tasks' shared-latent directions have cosine 0.75**2
 EFFECT_BUCKETS = 4096  # categories of huge id fields share effects modulo this
-LOGIT_STD = 2.2  # spread of each task's logit: a few thousand rows give AUCs well above 0.5
-CALIBRATION_ROWS = 50_000
+LOGIT_STD = 2.5  # spread of each task's logit: a few thousand rows give AUCs well above 0.5
+CALIBRATION_ROWS = 20_000
 SYNTHETIC_SUFFIX = "-synthetic"
 
 
@@ -295,17 +296,25 @@ class SyntheticGenerator:
 
     @staticmethod
     def _mix_weights(rng: np.random.Generator, tasks: int) -> np.ndarray:
-        """Per task: weights on the shared dims (correlated across tasks), private, interaction."""
-        base = rng.normal(size=SHARED_DIMS)
-        shared = 0.85 * base + 0.5 * rng.normal(size=(tasks, SHARED_DIMS))
+        """Per task: weights on the shared dims, its private dims and the shared interaction.
+
+        Shared weights are `SHARED_CORRELATION * b + sqrt(1 - SHARED_CORRELATION**2) * o_t`
+        with `b, o_0, o_1, ...` orthonormal, so every pair of tasks leans on the shared
+        latent with the same cosine (`SHARED_CORRELATION**2`) whatever the seed.
+        """
+        if tasks >= SHARED_DIMS:
+            raise ValueError(f"at most {SHARED_DIMS - 1} tasks, got {tasks}")
+        basis, _ = np.linalg.qr(rng.normal(size=(SHARED_DIMS, SHARED_DIMS)))
         private = rng.normal(size=(tasks, PRIVATE_DIMS))
-        interaction = rng.choice([-1.0, 1.0], size=tasks)
+        interaction = rng.choice([-1.0, 1.0])
         weights = np.zeros((tasks, SHARED_DIMS + tasks * PRIVATE_DIMS + 1))
+        rho = SHARED_CORRELATION
         for t in range(tasks):
-            weights[t, :SHARED_DIMS] = 0.75 * shared[t] / np.linalg.norm(shared[t])
+            shared = rho * basis[:, 0] + np.sqrt(1 - rho**2) * basis[:, 1 + t]
+            weights[t, :SHARED_DIMS] = 0.75 * shared
             lo = SHARED_DIMS + t * PRIVATE_DIMS
             weights[t, lo : lo + PRIVATE_DIMS] = 0.5 * private[t] / np.linalg.norm(private[t])
-            weights[t, -1] = 0.45 * interaction[t]
+            weights[t, -1] = 0.45 * interaction
         return weights
 
     def _scores(self, z: np.ndarray) -> np.ndarray:

@@ -68,7 +68,7 @@ class TaskGate(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`(mixture [B, d], weights [B, K])` from tokens `[B, K, d]`."""
         weights = torch.softmax(self.scores(context), dim=-1)
-        return torch.einsum("bk,bkd->bd", weights, tokens), weights
+        return (weights.unsqueeze(-1) * tokens).sum(1), weights
 
 
 class TopKFusionGate(nn.Module):
@@ -125,18 +125,18 @@ class MultiTaskMerge(nn.Module):
         tokens = torch.cat([own.unsqueeze(1), others], dim=1)
         batch, count, width = tokens.shape
         head_width = width // self.heads
-        query = self.query(own).view(batch, self.heads, 1, head_width)
-        key = self.key(tokens).view(batch, count, self.heads, head_width).transpose(1, 2)
-        value = self.value(tokens).view(batch, count, self.heads, head_width).transpose(1, 2)
-        scores = (query @ key.transpose(-1, -2)).squeeze(2) / math.sqrt(head_width)
+        query = self.query(own).view(batch, 1, self.heads, head_width)
+        key = self.key(tokens).view(batch, count, self.heads, head_width)
+        value = self.value(tokens).view(batch, count, self.heads, head_width)
+        scores = (query * key).sum(-1) / math.sqrt(head_width)
         if log_priors is not None:
             own_prior = log_priors.new_zeros(batch, 1)
-            scores = scores + torch.cat([own_prior, log_priors], dim=1).unsqueeze(1)
-        attention = torch.softmax(scores, dim=-1)
-        mixed = torch.einsum("bhn,bhnd->bhd", attention, value).reshape(batch, width)
+            scores = scores + torch.cat([own_prior, log_priors], dim=1).unsqueeze(-1)
+        attention = torch.softmax(scores, dim=1)
+        mixed = (attention.unsqueeze(-1) * value).sum(1).reshape(batch, width)
         state = self.attention_norm(own + self.dropout(self.out(mixed)))
         state = self.feed_forward_norm(state + self.dropout(self.feed_forward(state)))
-        return state, attention.mean(dim=1)
+        return state, attention.mean(dim=-1)
 
 
 class ReferenceMerge(nn.Module):
@@ -152,7 +152,7 @@ class ReferenceMerge(nn.Module):
         """`(fused state [B, d], token weights [B, n])` from tokens `[B, n, d]`."""
         scores = (self.query(tokens) * self.key(tokens)).sum(-1) / math.sqrt(tokens.shape[-1])
         weights = torch.softmax(scores, dim=1)
-        return torch.einsum("bn,bnd->bd", weights, self.value(tokens)), weights
+        return (weights.unsqueeze(-1) * self.value(tokens)).sum(1), weights
 
 
 class TaskFusion(nn.Module):

@@ -36,5 +36,5 @@ class PlugIn(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`(updated state [B, d], gate weights over the new members [B, C])`."""
         weights = torch.softmax(self.gate(context), dim=-1)
-        update = torch.einsum("bc,bcd->bd", weights, tokens.index_select(1, self.candidate_index))
+        update = (weights.unsqueeze(-1) * tokens.index_select(1, self.candidate_index)).sum(1)
         return state + self.scale * self.project(update), weights

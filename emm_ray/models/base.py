@@ -183,21 +183,18 @@ class DecomposableModel(nn.Module, ABC):
     def _check_widths(self) -> None:
         """Each part's declared input layout must be the previous part's output layout."""
         if not self.blocks:
-            raise ConfigError(f"architecture {self.architecture!r} built no blocks")
-        previous = ("embedding", self.embedding.out_width, self.embedding.out_carry)
-        for name, part in [
-            *((f"block {i}", b) for i, b in enumerate(self.blocks)),
-            ("tower", self.tower),
-        ]:
-            if (part.in_width, part.in_carry) != previous[1:]:
+            raise ValueError(f"architecture {self.architecture!r} built no blocks")
+        parts = [*(f"block {i}" for i in range(len(self.blocks))), "tower"]
+        layout, source = (self.embedding.out_width, self.embedding.out_carry), "embedding"
+        for name, part in zip(parts, [*self.blocks, self.tower], strict=True):
+            if (part.in_width, part.in_carry) != layout:
                 raise ValueError(
-                    f"{self.architecture}: {name} expects width {part.in_width} "
-                    f"(carry {part.in_carry}) but {previous[0]} gives {previous[1]} "
-                    f"(carry {previous[2]})"
+                    f"{self.architecture}: {name} expects (width, carry) "
+                    f"{(part.in_width, part.in_carry)} but {source} gives {layout}"
                 )
-            previous = (name, part.out_width, part.out_carry)
+            layout, source = (part.out_width, part.out_carry), name
         if self.tower.out_width != 1:
-            raise ValueError(f"{self.architecture}: tower must give one logit per row")
+            raise ValueError(f"{self.architecture}: the tower must give one logit per row")
 
     def check_inputs(self, sparse: torch.Tensor, dense: torch.Tensor) -> None:
         """Raise `DataError` naming the field and value if inputs don't fit this model.
@@ -212,18 +209,21 @@ class DecomposableModel(nn.Module, ABC):
             )
         if (
             dense.dim() != 2
+            or not dense.is_floating_point()
             or dense.shape[1] != self.num_dense
             or dense.shape[0] != sparse.shape[0]
         ):
             raise DataError(
-                f"dense input must be [{sparse.shape[0]}, {self.num_dense}], got {list(dense.shape)}"
+                f"dense input must be float [{sparse.shape[0]}, {self.num_dense}], "
+                f"got {dense.dtype} {list(dense.shape)}"
             )
         bad = (sparse < 0) | (sparse >= self.cardinalities)
         if bool(bad.any()):
             row, column = (int(i) for i in bad.nonzero()[0])
+            limit = int(self.cardinalities[column])
             raise DataError(
-                f"index {int(sparse[row, column])} outside [0, {int(self.cardinalities[column])}) "
-                f"(0 is the out-of-vocabulary bucket)",
+                f"index {int(sparse[row, column])} outside [0, {limit}) "
+                "(0 is the out-of-vocabulary bucket)",
                 row=row + 1,
                 column=self.sparse_names[column],
             )

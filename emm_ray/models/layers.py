@@ -69,7 +69,10 @@ class FirstOrder(nn.Module):
 
 
 def deep_layer(in_dim: int, out_dim: int, dropout: float, layer_norm: bool) -> nn.Sequential:
-    """Linear -> [LayerNorm] -> ReLU -> [Dropout]; no BatchNorm (its statistics drift when frozen)."""
+    """Linear -> [LayerNorm] -> ReLU -> [Dropout].
+
+    No BatchNorm: its running statistics drift when a frozen component sees fused inputs.
+    """
     layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
     if layer_norm:
         layers.append(nn.LayerNorm(out_dim))

@@ -15,6 +15,7 @@ the first-order term as one more input).
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import torch
@@ -61,11 +62,29 @@ class XDeepFMEmbedding(ModelEmbedding):
         return torch.cat([fields, self.first_order(sparse, dense)], dim=1)
 
 
+class CINLayer(nn.Module):
+    """`X_k[b, e, o] = sum_{h, f} W[o, h, f] X_{k-1}[b, e, h] X0[b, e, f] + bias[o]`.
+
+    One `einsum` without materialising the `[B, E, H, F]` outer product: several times
+    faster on CPU than the Conv1d-over-outer-product form, and the same function.
+    """
+
+    def __init__(self, in_maps: int, fields: int, out_maps: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_maps, in_maps, fields))
+        self.bias = nn.Parameter(torch.zeros(out_maps))
+        bound = 1.0 / math.sqrt(in_maps * fields)
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("ohf,beh,bef->beo", self.weight, x, x0) + self.bias
+
+
 class CINDeepBlock(Component):
     """Deep layer i and CIN layer i side by side.
 
-    `X_k` travels embedding-dim-major (`[B, E, H_k]` flattened) so the CIN product is one
-    matrix multiply over `[B * E, H_{k-1} * F]`.
+    `X_k` travels embedding-dim-major (`[B, E, H_k]` flattened), the layout `CINLayer`
+    contracts in.
     """
 
     def __init__(
@@ -93,7 +112,7 @@ class CINDeepBlock(Component):
         self.first = first
         self.last = last
         self.deep = deep_layer(in_main, out_main, config.dropout, config.layer_norm)
-        self.cin = nn.Linear(cin_in * fields, cin_out)
+        self.cin = CINLayer(cin_in, fields, cin_out)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         x0_width = self.fields * self.dim
@@ -108,9 +127,7 @@ class CINDeepBlock(Component):
             )
             x = x.view(-1, self.dim, self.cin_in)
             pooled = [pooled_in]
-        x0_by_dim = x0.view(-1, self.fields, self.dim).transpose(1, 2)
-        outer = (x.unsqueeze(-1) * x0_by_dim.unsqueeze(-2)).flatten(2)
-        x_next = self.cin(outer)
+        x_next = self.cin(x, x0.view(-1, self.fields, self.dim).transpose(1, 2))
         parts = [self.deep(h)]
         if not self.last:
             parts += [x_next.flatten(1), x0]

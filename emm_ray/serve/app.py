@@ -72,12 +72,15 @@ def deploy(
 ) -> str:
     """Run the application on the connected Ray cluster; returns its base URL.
 
-    Serve's HTTP proxy is started on `host:port` if it is not running yet (an already
-    running proxy keeps its own address).
+    Serve's HTTP proxy is started on `host:port` if it is not running yet; a proxy that
+    already runs keeps its address, and the URL returned is that address.
     """
+    from ray.serve.context import _get_global_client
+
     serve.start(http_options={"host": host, "port": port})
     application = EmmPredictor.options(num_replicas=num_replicas).bind(
         settings.model_copy(update={"tracking_uri": settings.resolved_tracking_uri()})
     )
     serve.run(application, name=name, route_prefix=route_prefix)
-    return f"http://{host}:{port}{route_prefix.rstrip('/')}"
+    proxy = _get_global_client().http_config
+    return f"http://{proxy.host}:{proxy.port}{route_prefix.rstrip('/')}"

@@ -31,6 +31,7 @@ from pydantic import (
     create_model,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from emm_ray.data.batch import BatchCollator
 from emm_ray.data.schema import OOV_INDEX, FeatureSchema
@@ -38,8 +39,10 @@ from emm_ray.data.schema import OOV_INDEX, FeatureSchema
 
 def _category(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ValueError(
-            f"a categorical value must be a string or an integer, got {type(value).__name__}"
+        raise PydanticCustomError(
+            "category_type",
+            "a categorical value must be a string or an integer, got {kind}",
+            {"kind": type(value).__name__},
         )
     return str(value)
 
@@ -99,9 +102,11 @@ def request_model(schema: FeatureSchema, max_records: int) -> type[BaseModel]:
         def _at_most_max_records(cls, value: Any) -> Any:
             """Refuse an oversized batch before validating thousands of records."""
             if isinstance(value, list) and len(value) > max_records:
-                raise ValueError(
-                    f"{len(value)} records exceed this deployment's limit of {max_records} "
-                    "per request (max_records_per_request); split the batch"
+                raise PydanticCustomError(
+                    "too_many_records",
+                    "{count} records exceed this deployment's limit of {limit} per request "
+                    "(max_records_per_request); split the batch",
+                    {"count": len(value), "limit": max_records},
                 )
             return value
 

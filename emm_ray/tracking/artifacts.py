@@ -179,4 +179,3 @@ def load_module_artifact(
             f"{manifest.parameter_checksum[:16]}...: the weights are corrupted or were changed"
         )
     return ModuleArtifact(directory, state_dict, manifest, schema)
-

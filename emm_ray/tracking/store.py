@@ -77,16 +77,24 @@ def find_runs(
     status: str | None = "FINISHED",
 ) -> list[Run]:
     """Runs whose emm tags all equal `tags` (and with `status`), newest first."""
-    clauses = [f"tags.`{tag(k)}` = '{_quote(v)}'" for k, v in tags.items()]
+    clauses = [f"tags.`{tag(k)}` = {_literal(v)}" for k, v in tags.items()]
     if status is not None:
         clauses.append(f"attributes.status = '{status}'")
     return client.search_runs(
-        [experiment_id], filter_string=" and ".join(clauses), order_by=["attributes.start_time DESC"]
+        [experiment_id],
+        filter_string=" and ".join(clauses),
+        order_by=["attributes.start_time DESC"],
     )
 
 
-def _quote(value: str) -> str:
-    return str(value).replace("'", "\\'")
+def _literal(value: str) -> str:
+    """A filter-string literal: MLflow has no escapes, so pick a quote the value lacks."""
+    value = str(value)
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"tag value {value!r} holds both quote characters; MLflow cannot search it")
 
 
 def flatten_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:

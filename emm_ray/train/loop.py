@@ -212,9 +212,7 @@ def fit(
         raise EmmError("the module has no trainable parameters (all have requires_grad=False)")
     optimizer = _make_optimizer(params, config, device)
     autocast_dtype = _autocast_dtype(config.amp, device)
-    scaler = (
-        torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
-    )
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
     loss_hook = getattr(unwrap(module), "compute_loss", None)
 
     state = FitState()
@@ -232,8 +230,15 @@ def fit(
         seed_everything(config.seed * 1_000_003 + epoch)
         started = time.perf_counter()
         train_loss, rows = _train_epoch(
-            module, train.batches(epoch), tasks, optimizer, scaler, autocast_dtype,
-            loss_hook, config.grad_clip_norm, device,
+            module,
+            train.batches(epoch),
+            tasks,
+            optimizer,
+            scaler,
+            autocast_dtype,
+            loss_hook,
+            config.grad_clip_norm,
+            device,
         )
         train_seconds = time.perf_counter() - started
         if not math.isfinite(train_loss):
@@ -299,7 +304,9 @@ def predict_logits(
         module.train(was_training)
     logits = torch.cat(outputs).cpu()
     if logits.shape[1] != num_tasks:
-        raise EmmError(f"the module returned {logits.shape[1]} logits per row, expected {num_tasks}")
+        raise EmmError(
+            f"the module returned {logits.shape[1]} logits per row, expected {num_tasks}"
+        )
     return logits, torch.cat(labels).cpu()
 
 
@@ -312,7 +319,7 @@ def evaluate(
     device: torch.device | str | None = None,
     amp: Literal["auto", "off", "bf16", "fp16"] = "off",
 ) -> dict[str, float]:
-    """AUC and log loss per task (`auc_<task>`, `logloss_<task>`) and their means (`auc`, `logloss`)."""
+    """Per-task `auc_<task>`, `logloss_<task>` and their means `auc`, `logloss`."""
     tasks = list(task_indices)
     logits, labels = predict_logits(module, source, len(tasks), device=device, amp=amp)
     return score_logits(logits, labels[:, tasks], task_names)
@@ -332,7 +339,9 @@ def score_logits(
             )
         scores[f"auc_{name}"] = float(roc_auc_score(y, logits[:, column].numpy()))
         scores[f"logloss_{name}"] = float(
-            F.binary_cross_entropy_with_logits(logits[:, column].double(), labels[:, column].double())
+            F.binary_cross_entropy_with_logits(
+                logits[:, column].double(), labels[:, column].double()
+            )
         )
     scores["auc"] = float(np.mean([scores[f"auc_{n}"] for n in task_names]))
     scores["logloss"] = float(np.mean([scores[f"logloss_{n}"] for n in task_names]))

@@ -117,7 +117,9 @@ class PoolMember:
         return self.manifest.tasks[0]
 
 
-def find_finished_member(client: MlflowClient, experiment_id: str, identity: MemberIdentity) -> str | None:
+def find_finished_member(
+    client: MlflowClient, experiment_id: str, identity: MemberIdentity
+) -> str | None:
     """Run id of the newest FINISHED run of exactly this member work, if any."""
     runs = find_runs(client, experiment_id, identity.lookup_tags())
     return runs[0].info.run_id if runs else None
@@ -140,7 +142,10 @@ def start_member_run(
 
 
 def finish_member_run(
-    client: MlflowClient, run_id: str, identity: MemberIdentity, outcome: TrainOutcome,
+    client: MlflowClient,
+    run_id: str,
+    identity: MemberIdentity,
+    outcome: TrainOutcome,
     schema: FeatureSchema,
 ) -> ArtifactManifest:
     """Log history, final metrics and the verified artifact; mark the run FINISHED."""
@@ -163,8 +168,13 @@ def finish_member_run(
         schema_hash=schema.hash,
         data_fingerprint=identity.data_fingerprint,
         metrics={k: v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
-        extra={"run_id": run_id, "pool": identity.pool, "best_epoch": outcome.best_epoch,
-               "device": outcome.device, "train": identity.train.model_dump(mode="json")},
+        extra={
+            "run_id": run_id,
+            "pool": identity.pool,
+            "best_epoch": outcome.best_epoch,
+            "device": outcome.device,
+            "train": identity.train.model_dump(mode="json"),
+        },
     )
     with tempfile.TemporaryDirectory() as directory:
         manifest = save_module_artifact(Path(directory), outcome.state_dict, manifest, schema)
@@ -202,7 +212,9 @@ def load_member(
     manifest = artifact.manifest
     if manifest.kind != MEMBER_KIND:
         raise EmmError(f"run {run_id} holds a {manifest.kind!r} artifact, not a pool member")
-    model = build_model(manifest.architecture, artifact.schema, manifest.tasks[0], **manifest.hparams)
+    model = build_model(
+        manifest.architecture, artifact.schema, manifest.tasks[0], **manifest.hparams
+    )
     try:
         model.load_state_dict(artifact.state_dict, strict=True)
     except RuntimeError as exc:

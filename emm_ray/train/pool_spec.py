@@ -18,14 +18,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from emm_ray.config import StrictModel, load_yaml_config
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.errors import ConfigError
 from emm_ray.models.registry import parse_hyperparameters
-from emm_ray.train.ray_job import DataMode, WorkerResources
 from emm_ray.train.loop import TrainConfig
+from emm_ray.train.ray_job import DataMode, WorkerResources
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -87,8 +87,12 @@ class PoolSpec(StrictModel):
         merged = {**self.train.model_dump(), **member.train}
         try:
             return TrainConfig.model_validate(merged)
-        except ValueError as exc:
-            raise ConfigError(f"member {member.name!r}: bad train override: {exc}") from None
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err['input']!r})"
+                for err in exc.errors()
+            )
+            raise ConfigError(f"member {member.name!r}: bad train override: {problems}") from None
 
     def member_resources(self, member: MemberSpec) -> WorkerResources:
         return member.resources or self.resources
@@ -103,7 +107,9 @@ class PoolSpec(StrictModel):
 
     def check_tasks(self, schema: FeatureSchema) -> None:
         """Every member's task must be one of the dataset's; one error lists all that are not."""
-        unknown = [f"{m.name} -> {m.task!r}" for m in self.members if m.task not in schema.task_names]
+        unknown = [
+            f"{m.name} -> {m.task!r}" for m in self.members if m.task not in schema.task_names
+        ]
         if unknown:
             raise ConfigError(
                 f"pool {self.name!r}: unknown task for member(s) {', '.join(unknown)}; "

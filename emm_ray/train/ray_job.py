@@ -17,6 +17,7 @@ scores the whole split, so all workers reach the same early-stopping decision.
 
 from __future__ import annotations
 
+import io
 import logging
 import tempfile
 import time
@@ -32,7 +33,7 @@ from pydantic import Field
 from torch import nn
 
 from emm_ray.config import StrictModel
-from emm_ray.data.batch import Batch, BatchCollator
+from emm_ray.data.batch import Batch
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.errors import EmmError
 from emm_ray.train.loop import (
@@ -165,7 +166,7 @@ def run_train_job(job: TrainJob) -> TrainOutcome:
     returned: dict[str, Any] = result.return_value
     return TrainOutcome(
         name=job.name,
-        state_dict=returned["state_dict"],
+        state_dict=torch.load(io.BytesIO(returned["state_dict"]), weights_only=True),
         history=returned["history"],
         best_epoch=returned["best_epoch"],
         best_metrics=returned["history"][returned["best_epoch"] - 1],
@@ -190,7 +191,9 @@ def resolve_data_mode(job: TrainJob) -> Literal["memory", "stream"]:
 def _parquet_files(data_dir: str, split: str) -> list[Path]:
     files = sorted((Path(data_dir) / split).rglob("*.parquet"))
     if not files:
-        raise EmmError(f"no parquet files under {Path(data_dir) / split}: is it a prepared dataset?")
+        raise EmmError(
+            f"no parquet files under {Path(data_dir) / split}: is it a prepared dataset?"
+        )
     return files
 
 
@@ -220,7 +223,9 @@ def _train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            resume = torch.load(Path(directory) / RESUME_FILE, map_location=device, weights_only=True)
+            resume = torch.load(
+                Path(directory) / RESUME_FILE, map_location=device, weights_only=True
+            )
 
     def report(end: EpochEnd) -> None:
         metrics = {**end.metrics, "best_epoch": end.state.best_epoch, "is_best": end.is_best}
@@ -232,13 +237,22 @@ def _train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             ray.train.report(metrics, checkpoint=saved)
 
     result = fit(
-        module, train, validation, task_indices, job.config,
-        task_names=job.tasks, device=device, on_epoch=report, resume=resume,
+        module,
+        train,
+        validation,
+        task_indices,
+        job.config,
+        task_names=job.tasks,
+        device=device,
+        on_epoch=report,
+        resume=resume,
     )
     if rank != 0:
         return None
+    weights = io.BytesIO()  # Ray Train refuses tensors in return values; bytes travel fine
+    torch.save(result.best_state, weights)
     return {
-        "state_dict": result.best_state,
+        "state_dict": weights.getvalue(),
         "history": result.history,
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
@@ -269,26 +283,26 @@ def _stream_sources(
 ) -> tuple[IterableBatches, IterableBatches]:
     import ray.train
 
-    collate = BatchCollator(schema)
+    from emm_ray.data.streaming import iter_batches
+
     config = job.config
     pin = device.type == "cuda"
     train_shard = ray.train.get_dataset_shard("train")
     validation_shard = ray.train.get_dataset_shard("validation")
 
     def train_epoch(epoch: int) -> Iterator[Batch]:
-        batches = train_shard.iter_torch_batches(
-            batch_size=config.batch_size,
-            collate_fn=collate,
-            local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
-            local_shuffle_seed=config.seed * 1_000_003 + epoch,
+        batches = iter_batches(
+            train_shard,
+            schema,
+            config.batch_size,
+            shuffle_buffer_rows=max(SHUFFLE_BUFFER_ROWS, config.batch_size),
+            seed=config.seed * 1_000_003 + epoch,
             prefetch_batches=2,
         )
         return (b.pin_memory() if pin else b for b in batches)
 
     def validation_pass(_: int) -> Iterator[Batch]:
-        batches = validation_shard.iter_torch_batches(
-            batch_size=config.eval_batch_size, collate_fn=collate, prefetch_batches=2
-        )
+        batches = iter_batches(validation_shard, schema, config.eval_batch_size, prefetch_batches=2)
         return (b.pin_memory() if pin else b for b in batches)
 
     return IterableBatches(train_epoch), IterableBatches(validation_pass)

@@ -1,11 +1,13 @@
 """Tiny data with planted cross-task signal, and small pools, for fusion/baseline tests.
 
-Each task t owns an interaction table over a pair of its own sparse fields. Task t's
-logit is `strong * own_table + weak * sum(other tasks' tables)`: a single-task model of
-task t learns its own table well, but the other tables only through a weak, noisy
-signal, while the other tasks' models learn those tables well. So the knowledge a task
-misses is sitting, already learned, in the other members' components: fusion can find
-it, a single-task model cannot.
+Each task t owns an interaction table over a pair of sparse fields (its "own" fields).
+Task t's logit is `STRONG * own_table + WEAK * sum(other tasks' tables)`, so every task
+needs every table. Each pool member is trained as a team with only its own task's
+fields logged would train it: the other tasks' fields are out-of-vocabulary in its
+training rows (`own_fields_only`). A single-task model thus sees only part of its
+task's signal, while the other tasks' members have learned the rest; only a model that
+combines the members (fusion) can reach the full signal. Oracle test AUCs: about 0.83
+with the own table only, 0.90 with all tables.
 """
 
 from __future__ import annotations
@@ -32,12 +34,16 @@ def planted_schema(num_tasks: int = 2) -> FeatureSchema:
     sparse = [SparseField(name=f"s{i}", vocabulary=vocabulary) for i in range(2 * num_tasks + 1)]
     dense = [DenseField(name="d0"), DenseField(name="d1")]
     tasks = [Task(name=f"task{t}") for t in range(num_tasks)]
-    return FeatureSchema(dataset="planted", sparse=tuple(sparse), dense=tuple(dense), tasks=tuple(tasks))
+    return FeatureSchema(
+        dataset="planted", sparse=tuple(sparse), dense=tuple(dense), tasks=tuple(tasks)
+    )
 
 
 def planted_batch(schema: FeatureSchema, rows: int, seed: int, table_seed: int = 7) -> Batch:
     """Encoded rows: sparse indices 1..CATEGORIES (0 = OOV unused), standard-normal dense."""
-    tables = np.random.default_rng(table_seed).normal(size=(len(schema.tasks), CATEGORIES, CATEGORIES))
+    tables = np.random.default_rng(table_seed).normal(
+        size=(len(schema.tasks), CATEGORIES, CATEGORIES)
+    )
     rng = np.random.default_rng(seed)
     sparse = rng.integers(0, CATEGORIES, size=(rows, len(schema.sparse)))
     dense = rng.normal(size=(rows, len(schema.dense))).astype(np.float32)
@@ -54,8 +60,25 @@ def planted_batch(schema: FeatureSchema, rows: int, seed: int, table_seed: int =
     )
 
 
+def own_fields_only(schema: FeatureSchema, batch: Batch, task: str) -> Batch:
+    """`batch` with every other task's pair of fields set to the OOV index 0."""
+    own = schema.task_index(task)
+    sparse = batch.sparse.clone()
+    for other in range(len(schema.tasks)):
+        if other != own:
+            sparse[:, 2 * other : 2 * other + 2] = 0
+    return Batch(sparse, batch.dense, batch.labels)
+
+
 def quick_config(**overrides: Any) -> TrainConfig:
-    values = {"epochs": 30, "batch_size": 256, "lr": 1e-2, "patience": 4, "seed": 0}
+    values = {
+        "epochs": 30,
+        "batch_size": 256,
+        "lr": 1e-2,
+        "patience": 4,
+        "seed": 0,
+        "num_threads": 1,
+    }
     return TrainConfig(**{**values, **overrides})
 
 
@@ -82,12 +105,17 @@ def trained_pool(
     validation: Batch,
     specs: Sequence[tuple[str, str, dict[str, Any]]],
 ) -> list[PoolMember]:
-    """Train `(architecture, task, hparams)` members on their own task's labels."""
+    """Train `(architecture, task, hparams)` members on their task's labels and fields."""
     members = []
     for index, (architecture, task, hparams) in enumerate(specs):
         seed_everything(index)
         model = build_model(architecture, schema, task, **hparams)
-        train_module(model, train, validation, [schema.task_index(task)])
+        train_module(
+            model,
+            own_fields_only(schema, train, task),
+            own_fields_only(schema, validation, task),
+            [schema.task_index(task)],
+        )
         members.append(PoolMember(f"{architecture}-{task}-{index}", model, {"index": index}))
     return members
 

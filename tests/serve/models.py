@@ -14,6 +14,7 @@ from emm_ray.data.schema import DenseField, FeatureSchema, SparseField, Task
 from emm_ray.models.registry import build_model
 from emm_ray.tracking.artifacts import ArtifactManifest, save_module_artifact
 from emm_ray.tracking.store import ensure_experiment, tracking_client
+from emm_ray.train.members import MEMBER_KIND
 from emm_ray.tune.registry import register_artifact
 
 SCHEMA = FeatureSchema(
@@ -52,7 +53,7 @@ def register_tiny_model(directory: Path, name: str = "emm-tiny") -> RegisteredMo
     torch.manual_seed(0)
     module = build_model("mlp", SCHEMA, "income", embed_dim=4, hidden=(8, 8)).eval()
     manifest = ArtifactManifest(
-        kind="pool",
+        kind=MEMBER_KIND,
         name="income-mlp",
         architecture="mlp",
         tasks=("income",),

@@ -278,9 +278,34 @@ def test_every_bad_input_is_a_422_naming_the_field(service: Service) -> None:
     failures = []
     for case, payload, expected in _bad_requests(service.model):
         status, body = _request(service.url + "/predict", payload)
-        print("DBG", case, status, body.get("message"))
         if status != 422 or expected not in body.get("message", ""):
             failures.append(f"{case}: {status} {body}")
     assert not failures, "\n".join(failures)
     status, body = _post(service.url + "/predict", {"records": raw_rows(service.model.schema, 2)})
     assert status == 200, f"the replica stopped answering after bad input: {body}"
+
+
+def test_deploy_serves_next_to_a_running_application(service: Service) -> None:
+    from ray import serve
+
+    from emm_ray.serve.app import deploy
+    from emm_ray.serve.settings import parse_settings
+
+    settings = parse_settings(
+        {
+            "model_uri": f"models:/{service.model.name}@champion",
+            "tracking_uri": service.model.tracking_uri,
+        }
+    )
+    url = deploy(settings, name="emm-deployed", route_prefix="/deployed", port=_free_port())
+    try:
+        assert url == service.url + "/deployed", "the running proxy's address is returned"
+        status, body = _request(url + "/healthz")
+        assert status == 200 and body["model"]["alias"] == "champion"
+        rows = raw_rows(service.model.schema, count=3, seed=7)
+        status, body = _post(url + "/predict", {"records": rows})
+        assert status == 200, body
+        served = np.array([[p[t] for t in service.model.tasks] for p in body["predictions"]])
+        np.testing.assert_allclose(served, _expected(service.model, rows), atol=1e-6, rtol=0)
+    finally:
+        serve.delete("emm-deployed")

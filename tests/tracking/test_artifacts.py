@@ -84,8 +84,12 @@ def test_nested_component_manifests_survive_the_round_trip(tmp_path: Path) -> No
     s = schema()
     member = manifest(s).model_copy(update={"parameter_checksum": "f" * 64})
     fused = ArtifactManifest(
-        kind="emm", name="fused", architecture="emm", tasks=("click", "buy"),
-        schema_hash=s.hash, components=(member, member.model_copy(update={"name": "other"})),
+        kind="emm",
+        name="fused",
+        architecture="emm",
+        tasks=("click", "buy"),
+        schema_hash=s.hash,
+        components=(member, member.model_copy(update={"name": "other"})),
     )
     save_module_artifact(tmp_path, weights(), fused, s)
     loaded = load_module_artifact(tmp_path).manifest

@@ -79,7 +79,7 @@ def test_learns_planted_signal_close_to_the_oracle_auc() -> None:
 
 
 def test_single_task_subset_selects_its_label_column() -> None:
-    """task_indices=[1] trains on column 1: AUC on task 1 high; scoring it against column 0 is not."""
+    """task_indices=[1] trains on label column 1: high AUC there, none against column 0."""
     train, _ = planted(10_000, seed=1)
     validation, _ = planted(4_000, seed=2)
     config = TrainConfig(epochs=3, batch_size=512, lr=5e-3, patience=None)
@@ -142,7 +142,9 @@ def test_resume_from_an_epoch_checkpoint_matches_the_uninterrupted_run() -> None
         saved[end.state.epoch] = copy.deepcopy(end.resume_state())
 
     seed_everything(0)
-    full = fit(TinyNet(dropout=0.2), *sources(train, validation, config), [0], config, on_epoch=keep)
+    full = fit(
+        TinyNet(dropout=0.2), *sources(train, validation, config), [0], config, on_epoch=keep
+    )
     seed_everything(123)  # a different initialisation: resuming must overwrite it
     resumed = fit(
         TinyNet(dropout=0.2), *sources(train, validation, config), [0], config, resume=saved[2]

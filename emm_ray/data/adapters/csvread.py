@@ -113,8 +113,8 @@ def iter_csv(
     """Yield string-typed blocks of `path`; every row must have `len(column_names)` fields.
 
     `trim` strips whitespace around every value (census writes `, ` between fields).
-    Quotes are not special in these formats, and an empty line is a row with one
-    field (an error), so no row is ever skipped silently.
+    Quotes are not special in these formats, and an empty line is an error, not a
+    skipped row, so no row is ever dropped silently.
     """
     require_file(path)
     read_options = pv.ReadOptions(
@@ -136,6 +136,7 @@ def iter_csv(
                 table = pa.table(
                     {n: pc.utf8_trim_whitespace(table.column(n)) for n in column_names}
                 )
+            _reject_empty_lines(table, path, next_row)
             yield CsvChunk(path, table, next_row)
             next_row += batch.num_rows
     except pa.ArrowInvalid as exc:
@@ -144,6 +145,19 @@ def iter_csv(
         raise _locate_parse_error(path, len(column_names), delimiter, header, exc) from None
     if next_row == first_row:
         raise DataError("file is empty: no data rows", path)
+
+
+def _reject_empty_lines(table: pa.Table, path: Path, first_row: int) -> None:
+    """pyarrow reads an empty line as a row of empty values: name it as what it is."""
+    empty = pc.equal(pc.utf8_length(table.column(0)), 0)
+    if not pc.any(empty).as_py():
+        return
+    for column in table.columns[1:]:
+        empty = pc.and_(empty, pc.equal(pc.utf8_length(column), 0))
+    if pc.any(empty).as_py():
+        raise DataError(
+            "an empty line where a row was expected", path, row=first_row + _first_true(empty)
+        )
 
 
 def _locate_parse_error(

@@ -1,0 +1,166 @@
+"""Search the fusion architecture over a frozen pool with Ray Tune, register the best model.
+
+`run_search(spec, ...)`: one Tune trial per sampled configuration, each training a fused
+model on Ray Train (see `trial`), at most `spec.max_concurrent` at once, ASHA stopping
+the weak ones after `grace_period` epochs. Every trial is an MLflow run (`TrialRuns`);
+the completed trial with the best mean validation AUC gets its fused model artifact
+attached to its run and registered in the MLflow Model Registry, tagged with its
+metrics and options. The pool itself is never trained: it enters every trial frozen.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune import Result
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from emm_ray.errors import EmmError
+from emm_ray.tracking.store import resolve_tracking_uri, tag, tracking_client
+from emm_ray.tune.registry import register_artifact
+from emm_ray.tune.space import TuneSpec
+from emm_ray.tune.tracking import MODEL_SAVED, TrialRuns, trial_run_id
+from emm_ray.tune.trial import METRIC, SearchContext, fusion_trial, load_pool
+
+logger = logging.getLogger(__name__)
+
+MODEL_ARTIFACT_PATH = "model"
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    """How one trial ended, for the pipeline's report."""
+
+    trial_id: str
+    config: dict[str, Any]
+    val_auc: float | None
+    epochs: int
+    outcome: str
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """The registered best model and what the search saw."""
+
+    model_name: str
+    version: str
+    run_id: str
+    best_config: dict[str, Any]
+    best_metrics: dict[str, float]
+    trials: list[TrialSummary]
+    wall_seconds: float
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.model_name}/{self.version}"
+
+
+def run_search(
+    spec: TuneSpec,
+    *,
+    data_dir: str | Path,
+    pool_runs: Mapping[str, str],
+    model_name: str,
+    storage_path: str | Path,
+    tracking_uri: str | None = None,
+    experiment: str = "emm-tune",
+    alias: str | None = "champion",
+) -> SearchOutcome:
+    """Run the search on the connected Ray cluster and register its best fused model.
+
+    `pool_runs` maps pool member names to the MLflow runs holding their weights (as
+    `train_pool` reports them); `data_dir` is the prepared dataset they were trained on.
+    """
+    started = time.perf_counter()
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    search_id = uuid.uuid4().hex[:8]
+    context = SearchContext(
+        data_dir=str(Path(data_dir).resolve()),
+        pool=load_pool(pool_runs, data_dir, tracking_uri),
+        trial=spec.trial,
+        epochs=spec.asha.max_t,
+        storage_path=str(Path(storage_path).resolve() / "trials"),
+    )
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(fusion_trial, context=context), {"CPU": 0.01}),
+        param_space=spec.search.param_space(),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="max",
+            num_samples=spec.num_samples,
+            max_concurrent_trials=spec.max_concurrent,
+            search_alg=BasicVariantGenerator(random_state=spec.trial.seed),
+            scheduler=ASHAScheduler(
+                time_attr="training_iteration",
+                # +1: a trial's last report (its saved model) comes after its last epoch
+                max_t=spec.asha.max_t + 1,
+                grace_period=spec.asha.grace_period,
+                reduction_factor=spec.asha.reduction_factor,
+            ),
+        ),
+        run_config=tune.RunConfig(
+            name=f"tune-{search_id}",
+            storage_path=str(Path(storage_path).resolve()),
+            callbacks=[TrialRuns(tracking_uri, experiment, search_id)],
+            verbose=1,
+        ),
+    )
+    grid = tuner.fit()
+    results = list(grid)
+    completed = [r for r in results if r.error is None and r.metrics.get(MODEL_SAVED)]
+    if not completed:
+        errors = "; ".join(str(r.error) for r in results if r.error is not None)
+        raise EmmError(f"no trial of search {search_id} completed: {errors or 'all stopped'}")
+    best = max(completed, key=lambda r: r.metrics[METRIC])
+
+    client = tracking_client(tracking_uri)
+    run_id = trial_run_id(client, experiment, search_id, best.metrics["trial_id"])
+    assert best.checkpoint is not None
+    with best.checkpoint.as_directory() as directory:
+        client.log_artifacts(run_id, directory, MODEL_ARTIFACT_PATH)
+    metrics = {k: float(v) for k, v in best.metrics.items() if k.startswith("val_")}
+    version = register_artifact(
+        client,
+        model_name,
+        run_id,
+        MODEL_ARTIFACT_PATH,
+        metrics=metrics,
+        tags={tag("search"): search_id, **{f"option.{k}": str(v) for k, v in best.config.items()}},
+        description=f"best of {len(results)} Tune trials (search {search_id}) over a frozen pool",
+        alias=alias,
+    )
+    client.set_tag(run_id, tag("registered"), f"{model_name}/{version.version}")
+    logger.info(
+        "registered %s version %s (val AUC %.4f)", model_name, version.version, best.metrics[METRIC]
+    )
+    return SearchOutcome(
+        model_name=model_name,
+        version=str(version.version),
+        run_id=run_id,
+        best_config=dict(best.config),
+        best_metrics=metrics,
+        trials=[_summary(r) for r in results],
+        wall_seconds=time.perf_counter() - started,
+    )
+
+
+def _summary(result: Result) -> TrialSummary:
+    metrics = result.metrics or {}
+    outcome = (
+        "failed" if result.error else "completed" if metrics.get(MODEL_SAVED) else "stopped_early"
+    )
+    return TrialSummary(
+        trial_id=str(metrics.get("trial_id", "")),
+        config=dict(result.config or {}),
+        val_auc=metrics.get(METRIC),
+        epochs=int(metrics.get("epoch", 0)),
+        outcome=outcome,
+    )
