@@ -212,13 +212,18 @@ class SyntheticGenerator:
         self._latent_dims = SHARED_DIMS + tasks * PRIVATE_DIMS
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
         cards = [self.spec.cardinalities[n] for n in self.layout.sparse]
-        self._cdfs = [_zipf_cdf(c, self.spec.zipf) for c in cards]
+        self._categories = [_ZipfCategories(c, self.spec.zipf) for c in cards]
         strength = rng.gamma(2.0, 1.0, len(cards) + len(self.layout.dense))
         strength /= np.sqrt(np.sum(strength**2))
-        self._effects = [
-            rng.normal(0.0, s, (min(c, EFFECT_BUCKETS), self._latent_dims))
-            for c, s in zip(cards, strength, strict=False)
-        ]
+        buckets = [min(c, EFFECT_BUCKETS) for c in cards]
+        self._effects = np.concatenate(
+            [
+                rng.normal(0.0, s, (b, self._latent_dims))
+                for b, s in zip(buckets, strength, strict=False)
+            ]
+        ).astype(np.float32)
+        self._effect_buckets = np.asarray(buckets, dtype=np.int32)
+        self._effect_offsets = np.cumsum([0, *buckets[:-1]]).astype(np.int32)
         self._dense_weights = rng.normal(0.0, 1.0, (len(self.layout.dense), self._latent_dims))
         self._dense_weights *= strength[len(cards) :, None]
         self._task_weights = self._mix_weights(rng, tasks)
@@ -262,8 +267,10 @@ class SyntheticGenerator:
         if self.spec.funnel:
             labels[:, 1] &= labels[:, 0]
         columns: dict[str, pa.Array] = {}
-        for name, index in zip(self.layout.sparse, sparse.T, strict=True):
-            columns[name] = pc.cast(pa.array(index), pa.string())
+        for name, index, categories in zip(
+            self.layout.sparse, sparse.T, self._categories, strict=True
+        ):
+            columns[name] = categories.names.take(pa.array(index))
         for name, values in zip(self.layout.dense_names, dense.T, strict=True):
             columns[name] = pa.array(values)
         for name, values in zip(self.layout.task_names, labels.T, strict=True):
@@ -271,9 +278,9 @@ class SyntheticGenerator:
         return pa.table(columns, schema=self.layout.raw_schema())
 
     def _features(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        sparse = np.empty((n, len(self._cdfs)), dtype=np.int32)
-        for i, cdf in enumerate(self._cdfs):
-            sparse[:, i] = np.minimum(np.searchsorted(cdf, rng.random(n)), len(cdf) - 1)
+        sparse = np.empty((n, len(self._categories)), dtype=np.int32)
+        for i, categories in enumerate(self._categories):
+            sparse[:, i] = categories.sample(rng, n)
         dense = np.empty((n, len(self.layout.dense)), dtype=np.float64)
         for i, spec in enumerate(self.layout.dense):
             dense[:, i] = self.spec.dense[spec.name].sample(rng, n)
@@ -288,9 +295,8 @@ class SyntheticGenerator:
         return visible
 
     def _raw_latent(self, sparse: np.ndarray, dense: np.ndarray) -> np.ndarray:
-        z = np.zeros((len(sparse), self._latent_dims))
-        for i, effects in enumerate(self._effects):
-            z += effects[sparse[:, i] % len(effects)]
+        rows = sparse % self._effect_buckets + self._effect_offsets
+        z = self._effects[rows].sum(axis=1, dtype=np.float64)
         standard = (self._visible(dense) - self._dense_mean) / self._dense_std
         return z + standard @ self._dense_weights
 
@@ -333,9 +339,32 @@ class SyntheticGenerator:
         return bias
 
 
-def _zipf_cdf(cardinality: int, exponent: float) -> np.ndarray:
-    weights = 1.0 / np.arange(1, cardinality + 1) ** exponent
-    return np.cumsum(weights) / weights.sum()
+class _ZipfCategories:
+    """Zipf draws for one sparse field, and the category strings (`"0"` most frequent).
+
+    Small fields sample through a 2**16-entry lookup table (probabilities rounded to
+    1/65536, far below their smallest category's), large ones through the CDF.
+    """
+
+    LOOKUP = 1 << 16
+    LOOKUP_MAX_CARDINALITY = 256
+
+    def __init__(self, cardinality: int, exponent: float) -> None:
+        weights = 1.0 / np.arange(1, cardinality + 1) ** exponent
+        self.cdf = np.cumsum(weights) / weights.sum()
+        self.names = pc.cast(pa.array(np.arange(cardinality)), pa.string())
+        self.table = None
+        if cardinality <= self.LOOKUP_MAX_CARDINALITY:
+            quantiles = (np.arange(self.LOOKUP) + 0.5) / self.LOOKUP
+            self.table = self._index(quantiles)
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        if self.table is not None:
+            return self.table[rng.integers(0, self.LOOKUP, n)]
+        return self._index(rng.random(n))
+
+    def _index(self, uniform: np.ndarray) -> np.ndarray:
+        return np.minimum(np.searchsorted(self.cdf, uniform), len(self.cdf) - 1).astype(np.int32)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

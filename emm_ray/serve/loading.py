@@ -17,6 +17,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from emm_ray.errors import ArtifactIntegrityError, ConfigError
+from emm_ray.fusion import EMMModel, FusionConfig
+from emm_ray.fusion import PoolMember as FusionMember
 from emm_ray.models.registry import ARCHITECTURES, build_model
 from emm_ray.serve.records import ModelDescription
 from emm_ray.serve.servable import Servable
@@ -64,13 +66,32 @@ def servable_from_artifact(artifact: ModuleArtifact) -> Servable:
         module = build_model(
             manifest.architecture, artifact.schema, manifest.tasks[0], **manifest.hparams
         )
+    elif manifest.architecture == "emm":
+        module = _fused_skeleton(artifact)
     else:
         raise ArtifactIntegrityError(
             f"{artifact.path}: cannot serve architecture {manifest.architecture!r} "
-            f"(servable: {', '.join(sorted(ARCHITECTURES))})"
+            f"(servable: emm, {', '.join(sorted(ARCHITECTURES))})"
         )
     module.load_state_dict(artifact.state_dict)
     return Servable(artifact.schema, module, tuple(manifest.tasks), manifest.kind)
+
+
+def _fused_skeleton(artifact: ModuleArtifact) -> EMMModel:
+    """An untrained EMM model shaped like the artifact's (its members rebuilt from their
+    manifests); the artifact's state dict then fills every weight, frozen parts included."""
+    pool = [
+        FusionMember(
+            component.name,
+            build_model(
+                component.architecture, artifact.schema, component.tasks[0], **component.hparams
+            ),
+            component.model_dump(mode="json"),
+        )
+        for component in artifact.manifest.components
+    ]
+    config = FusionConfig.model_validate(artifact.manifest.hparams["fusion"])
+    return EMMModel(artifact.schema, pool, config)
 
 
 def load_registered(

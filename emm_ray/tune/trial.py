@@ -1,0 +1,167 @@
+"""One Tune trial: train a fused model over the frozen pool on Ray Train, save it.
+
+The trial is a Tune function that runs a Ray Train job (Train v2 refuses to be a Tune
+trainable itself). Train's per-epoch reports reach Tune through `TuneReportCallback`,
+so ASHA sees every epoch's mean validation AUC and can stop the trial between epochs.
+When training ends, the trial saves its fused model as an artifact and reports it as
+its checkpoint, in one last report marked `fused_model_saved`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emm_ray.data.schema import FeatureSchema
+from emm_ray.fusion import EMMModel, FusionConfig
+from emm_ray.fusion import PoolMember as FusionMember
+from emm_ray.models.registry import build_model
+from emm_ray.tracking.artifacts import ArtifactManifest, save_module_artifact
+from emm_ray.tracking.store import tracking_client
+from emm_ray.train.loop import TrainConfig
+from emm_ray.train.members import load_member
+from emm_ray.train.ray_job import TrainJob, WorkerResources, run_train_job
+from emm_ray.tune.space import FUSION_OPTIONS, TrialSettings
+from emm_ray.tune.tracking import MODEL_SAVED
+
+METRIC = "val_auc"
+TRAIN_OPTIONS = ("lr", "weight_decay")
+FUSED_KIND = "fused"
+
+
+@dataclass(frozen=True)
+class FrozenMember:
+    """A trained pool member as it travels to trials: recipe, weights and manifest."""
+
+    name: str
+    architecture: str
+    task: str
+    hparams: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    manifest: dict[str, Any]
+    val_auc: float
+
+
+@dataclass(frozen=True)
+class FusedFactory:
+    """Picklable `schema -> EMMModel` over frozen members, built inside the Train worker."""
+
+    members: tuple[FrozenMember, ...]
+    config: FusionConfig
+
+    def __call__(self, schema: FeatureSchema) -> EMMModel:
+        pool = []
+        for member in self.members:
+            model = build_model(member.architecture, schema, member.task, **member.hparams)
+            model.load_state_dict(member.state_dict)
+            pool.append(FusionMember(member.name, model.eval(), member.manifest))
+        return EMMModel(schema, pool, self.config)
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """What every trial shares: the data, the frozen pool, the fixed training settings."""
+
+    data_dir: str
+    pool: tuple[FrozenMember, ...]
+    trial: TrialSettings
+    epochs: int
+    storage_path: str
+
+
+def load_pool(
+    pool_runs: Mapping[str, str], data_dir: str | Path, tracking_uri: str
+) -> tuple[FrozenMember, ...]:
+    """Load and verify the pool members once, on the driver (trials get them by value)."""
+    schema = FeatureSchema.load(data_dir)
+    client = tracking_client(tracking_uri)
+    members = []
+    for name, run_id in pool_runs.items():
+        member = load_member(run_id, schema=schema, client=client)
+        members.append(
+            FrozenMember(
+                name=name,
+                architecture=member.manifest.architecture,
+                task=member.task,
+                hparams=dict(member.manifest.hparams),
+                state_dict=member.model.state_dict(),
+                manifest=member.manifest.model_dump(mode="json"),
+                val_auc=float(member.manifest.metrics.get(METRIC, float("nan"))),
+            )
+        )
+    return tuple(members)
+
+
+def select_members(
+    pool: tuple[FrozenMember, ...], experts_per_task: int | None
+) -> tuple[FrozenMember, ...]:
+    """The best `experts_per_task` members of each task by validation AUC (all if `None`)."""
+    if experts_per_task is None:
+        return pool
+    chosen: list[FrozenMember] = []
+    for task in dict.fromkeys(m.task for m in pool):
+        ranked = sorted((m for m in pool if m.task == task), key=lambda m: -m.val_auc)
+        chosen.extend(ranked[:experts_per_task])
+    return tuple(m for m in pool if m in chosen)
+
+
+def fusion_trial(config: dict[str, Any], context: SearchContext) -> None:
+    """Tune function: fuse with the sampled options, report per epoch, then save the model."""
+    from ray import tune
+
+    fusion = FusionConfig(**{k: v for k, v in config.items() if k in FUSION_OPTIONS})
+    train = TrainConfig(
+        epochs=context.epochs,
+        batch_size=context.trial.batch_size,
+        patience=context.trial.patience,
+        seed=context.trial.seed,
+        **{k: v for k, v in config.items() if k in TRAIN_OPTIONS},
+    )
+    members = select_members(context.pool, config.get("experts_per_task"))
+    schema = FeatureSchema.load(context.data_dir)
+    tasks = tuple(t for t in schema.task_names if t in {m.task for m in members})
+    job = TrainJob(
+        name=f"trial-{tune.get_context().get_trial_id()}",
+        module_factory=FusedFactory(members, fusion),
+        data_dir=context.data_dir,
+        tasks=tasks,
+        config=train,
+        storage_path=context.storage_path,
+        resources=WorkerResources(
+            num_workers=context.trial.num_workers, cpu=context.trial.cpus_per_worker
+        ),
+    )
+    # Train's reports reach Tune through this callback; `run_train_job` builds its own
+    # RunConfig, and Train reads extra callbacks from this variable (this process only).
+    os.environ["RAY_TRAIN_CALLBACKS"] = "ray.tune.integration.ray_train.TuneReportCallback"
+    outcome = run_train_job(job)
+    with tempfile.TemporaryDirectory() as directory:
+        manifest = ArtifactManifest(
+            kind=FUSED_KIND,
+            name=job.name,
+            architecture="emm",
+            tasks=tasks,
+            hparams={
+                "fusion": fusion.model_dump(mode="json"),
+                "members": [m.name for m in members],
+            },
+            schema_hash=schema.hash,
+            metrics={k: v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
+            components=tuple(ArtifactManifest.model_validate(m.manifest) for m in members),
+        )
+        save_module_artifact(directory, outcome.state_dict, manifest, schema)
+        tune.report(
+            {
+                **outcome.best_metrics,
+                "best_epoch": outcome.best_epoch,
+                "epochs_run": len(outcome.history),
+                MODEL_SAVED: True,
+            },
+            checkpoint=tune.Checkpoint.from_directory(directory),
+        )
