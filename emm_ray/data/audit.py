@@ -141,12 +141,15 @@ def audit_split(
         invalid = sum(r["invalid"] for r in reports)
     if len(per_worker) != num_workers:
         raise RuntimeError(f"expected {num_workers} worker reports, got {len(per_worker)}")
-    return [_summarise(epoch, per_worker, int(invalid[epoch]), expected) for epoch in range(epochs)]
+    return [
+        summarise_epoch(epoch, per_worker, int(invalid[epoch]), expected) for epoch in range(epochs)
+    ]
 
 
-def _summarise(
+def summarise_epoch(
     epoch: int, per_worker: list[np.ndarray], invalid: int, expected: np.ndarray
 ) -> EpochAudit:
+    """Merge per-worker `[epochs, num_ids]` sighting counts against the split's row ids."""
     counts = sum(seen[epoch] for seen in per_worker)
     in_split = np.zeros(len(counts), dtype=bool)
     in_split[expected] = True

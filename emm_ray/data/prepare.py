@@ -169,18 +169,29 @@ def prepare_dataset(
     staging = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    written = _write_encoded(schema, layout, sources, staging, config.rows_per_shard)
-    expected = {split: stats.rows[split] for split in SPLITS}
-    if written != expected:
-        shutil.rmtree(staging)
-        raise DataError(f"source changed while preparing: {expected} rows, then {written}")
-    schema.save(staging)
-    info = _split_record(config, config_hash, schema, sources, checksums, stats)
-    (staging / SPLIT_FILE).write_text(json.dumps(info, indent=1))
-    if output_dir.exists():
+    try:
+        written = _write_encoded(schema, layout, sources, staging, config.rows_per_shard)
+        if written != stats.rows:
+            raise DataError(f"source changed while preparing: {stats.rows} rows, then {written}")
+        schema.save(staging)
+        info = _split_record(config, config_hash, schema, sources, checksums, stats)
+        (staging / SPLIT_FILE).write_text(json.dumps(info, indent=1))
+        return _publish(staging, output_dir, config_hash)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(staging: Path, output_dir: Path, config_hash: str) -> PreparedDataset:
+    """Move a finished dataset into place; if a concurrent run got there first, use theirs."""
+    if output_dir.exists() and not (output_dir / SPLIT_FILE).is_file():
+        shutil.rmtree(output_dir)
+    elif output_dir.exists():
+        existing = PreparedDataset.load(output_dir)
+        if existing.split_info.get("config_hash") == config_hash:
+            return existing
         shutil.rmtree(output_dir)
     staging.rename(output_dir)
-    return PreparedDataset(output_dir, schema, info)
+    return PreparedDataset.load(output_dir)
 
 
 def encode_raw_file(schema: FeatureSchema, dataset: str, path: str | Path) -> pa.Table:
@@ -283,7 +294,6 @@ class _Pass1:
         self.layout = layout
         self.rows = dict.fromkeys(SPLITS, 0)
         self.positives = {s: dict.fromkeys(layout.task_names, 0) for s in SPLITS}
-        self.part_rows: list[dict[str, int]] = []
         self._counts: dict[str, list[pa.Table]] = {n: [] for n in layout.sparse}
         dims = len(layout.dense)
         self._n, self._mean, self._m2 = 0, np.zeros(dims), np.zeros(dims)

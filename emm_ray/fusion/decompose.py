@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from emm_ray.errors import ConfigError, SchemaMismatchError
-from emm_ray.fusion.frozen import Frozen
+from emm_ray.fusion.frozen import Frozen, tensor_digest
 from emm_ray.models.base import DecomposableModel
 
 
@@ -50,6 +50,26 @@ class PoolMember:
     @property
     def architecture(self) -> str:
         return self.model.architecture
+
+    def description(self) -> dict[str, Any]:
+        """The member's artifact manifest, or a minimal one if it was never saved alone."""
+        if self.manifest.get("kind"):
+            return dict(self.manifest)
+        return {
+            "kind": "pool_member",
+            "name": self.name,
+            "architecture": self.architecture,
+            "tasks": [self.task],
+            "hparams": dict(self.model.hparams),
+            "schema_hash": self.model.schema_hash,
+            "extra": dict(self.manifest),
+        }
+
+
+def source_digest(model: DecomposableModel, with_embedding: bool) -> str:
+    """Digest of a trained member's embedding (optionally) and blocks, as it was trained."""
+    embedding = list(model.embedding.parameters()) if with_embedding else []
+    return tensor_digest([*embedding, *(p for b in model.blocks for p in b.parameters())])
 
 
 def group_sizes(num_blocks: int, levels: int) -> list[int]:
@@ -158,6 +178,11 @@ class AlignedMember(nn.Module):
         self.output_adapters = nn.ModuleList(
             width_adapter(c.out_width, d_model) for c in self.components
         )
+
+    def frozen_digest(self) -> str:
+        """Digest of the frozen parameters this member contributes (see `source_digest`)."""
+        embedding = [] if self.embedding is None else list(self.embedding.parameters())
+        return tensor_digest([*embedding, *self.components.parameters()])
 
     def embed(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """The member's own embedding of the inputs (pool-embedding mode only)."""

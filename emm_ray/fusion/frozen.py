@@ -9,6 +9,7 @@ dropout behave exactly as when the member was evaluated on its own.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -57,5 +58,19 @@ def parameter_checksum(module: nn.Module) -> str:
     for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
         data = tensor.detach().to("cpu").contiguous().reshape(-1)
         digest.update(f"{name}:{data.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def tensor_digest(tensors: Iterable[torch.Tensor]) -> str:
+    """SHA-256 over the tensors' dtypes, shapes and bytes, in order (names ignored).
+
+    Compares a member's frozen copy inside a fused model with the member as trained,
+    whose modules are named differently.
+    """
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        data = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{data.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()

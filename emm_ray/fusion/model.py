@@ -216,7 +216,7 @@ class EMMModel(nn.Module):
                 )
             )
             self.member_tasks.append(task)
-            self.manifests[member.name] = dict(member.manifest)
+            self.manifests[member.name] = member.description()
             while len(self.context_members) < len(self.task_names):
                 self.context_members.append([])
             if task >= len(self.towers):

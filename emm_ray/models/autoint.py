@@ -28,7 +28,7 @@ class AutoIntHyperparameters(StrictModel):
     embed_dim: PositiveInt = 16
     attention_layers: PositiveInt = 3
     heads: PositiveInt = 2
-    attention_dim: PositiveInt = 32
+    attention_dim: PositiveInt = 16
     layer_norm: bool = False
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 

@@ -96,8 +96,9 @@ def run_search(
             metric=METRIC,
             mode="max",
             num_samples=spec.num_samples,
-            max_concurrent_trials=spec.max_concurrent,
-            search_alg=BasicVariantGenerator(random_state=spec.trial.seed),
+            search_alg=BasicVariantGenerator(
+                random_state=spec.trial.seed, max_concurrent=spec.max_concurrent
+            ),
             scheduler=ASHAScheduler(
                 time_attr="training_iteration",
                 # +1: a trial's last report (its saved model) comes after its last epoch

@@ -13,11 +13,11 @@ from emm_ray.train.loop import seed_everything
 from tests.fusion.planted import planted_batch, planted_schema, quick_config, train_module
 
 SMALL = {
-    "shared_bottom": {"embed_dim": 4, "bottom": (32,), "tower": (8,)},
-    "mmoe": {"embed_dim": 4, "experts": 3, "expert_hidden": (16,), "tower": (8,)},
-    "ple": {"embed_dim": 4, "levels": 2, "expert_hidden": (16,), "tower": (8,)},
-    "esmm": {"embed_dim": 4, "tower": (32, 16)},
-    "aitm": {"embed_dim": 4, "tower": (32, 16)},
+    "shared_bottom": {"embed_dim": 8, "bottom": (32,), "tower": (8,)},
+    "mmoe": {"embed_dim": 8, "experts": 3, "expert_hidden": (16,), "tower": (8,)},
+    "ple": {"embed_dim": 8, "levels": 2, "expert_hidden": (16,), "tower": (8,)},
+    "esmm": {"embed_dim": 8, "tower": (32, 16)},
+    "aitm": {"embed_dim": 8, "tower": (32, 16)},
 }
 
 
@@ -33,12 +33,10 @@ def test_baseline_learns_planted_signal_on_tiny_data(name: str) -> None:
     model = build_baseline(name, schema, **SMALL[name])
     assert model.task_names == ["task0", "task1"] and model.task_indices == [0, 1]
     assert model(train.sparse[:7], train.dense[:7]).shape == (7, 2)
-    train_module(
-        model, train, validation, model.task_indices, quick_config(epochs=8, batch_size=256)
-    )
+    config = quick_config(epochs=12, batch_size=256, patience=None)
+    train_module(model, train, validation, model.task_indices, config)
     rows = score_module(name, "baseline", model, validation, [0, 1], model.task_names)
-    first_task_auc = rows[0].auc
-    assert first_task_auc > 0.7, rows
+    assert all(row.auc > 0.6 for row in rows), rows
 
 
 @pytest.mark.parametrize("name", ["shared_bottom", "mmoe", "ple", "aitm"])

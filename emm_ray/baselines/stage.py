@@ -1,0 +1,274 @@
+"""Train the end-to-end baselines on Ray Train, log each to MLflow, load them back.
+
+Baselines train through the same `run_train_job` as pool members and the fused model,
+on the same prepared data, split and `TrainConfig` rules, so the comparison differs
+only in the model. Each baseline is one MLflow run tagged with a digest of its spec,
+the schema hash and the data fingerprint; a rerun reuses finished runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+from pydantic import model_validator
+
+from emm_ray.baselines import BASELINES, MultiTaskBaseline, build_baseline
+from emm_ray.baselines.common import parse_hyperparameters
+from emm_ray.config import StrictModel
+from emm_ray.data.prepare import PreparedDataset
+from emm_ray.data.schema import FeatureSchema
+from emm_ray.errors import ArtifactIntegrityError, ConfigError, EmmError
+from emm_ray.tracking.artifacts import ArtifactManifest, load_module_artifact, save_module_artifact
+from emm_ray.tracking.store import (
+    download_run_directory,
+    ensure_experiment,
+    find_runs,
+    flatten_params,
+    log_history,
+    log_metrics,
+    log_params,
+    spec_digest,
+    tag,
+    tracking_client,
+)
+from emm_ray.train.loop import TrainConfig
+from emm_ray.train.ray_job import DataMode, TrainJob, WorkerResources, run_train_job
+
+logger = logging.getLogger(__name__)
+
+BASELINE_KIND = "baseline"
+MODEL_ARTIFACT_PATH = "model"
+
+
+class BaselineSpec(StrictModel):
+    """Which baselines to train and how: the `baselines:` section of a run config.
+
+    `hparams` maps a baseline name to its hyperparameters (defaults otherwise); `tasks`
+    defaults to all of the dataset's tasks. `train` should match the pool's and the
+    fusion's epoch budget for a fair comparison.
+    """
+
+    experiment: str = "emm-baselines"
+    names: tuple[str, ...] = ("shared_bottom", "mmoe", "ple", "esmm", "aitm")
+    hparams: dict[str, dict[str, Any]] = {}
+    tasks: tuple[str, ...] | None = None
+    train: TrainConfig = TrainConfig(epochs=10, lr=2e-3, patience=2)
+    resources: WorkerResources = WorkerResources()
+    data_mode: DataMode = "auto"
+
+    @model_validator(mode="after")
+    def _known_baselines(self) -> BaselineSpec:
+        unknown = [n for n in [*self.names, *self.hparams] if n not in BASELINES]
+        if unknown:
+            raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
+        for name, values in self.hparams.items():
+            try:
+                parse_hyperparameters(name, BASELINES[name].Hyperparameters, values)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    def full_hparams(self, name: str) -> dict[str, Any]:
+        """`name`'s hyperparameters with defaults filled in (what gets built)."""
+        kind = BASELINES[name].Hyperparameters
+        return parse_hyperparameters(name, kind, self.hparams.get(name, {})).model_dump(mode="json")
+
+
+@dataclass(frozen=True)
+class BaselineFactory:
+    """Picklable `schema -> baseline` recipe, built inside the Ray Train worker."""
+
+    name: str
+    tasks: tuple[str, ...]
+    hparams: dict[str, Any]
+
+    def __call__(self, schema: FeatureSchema) -> MultiTaskBaseline:
+        return build_baseline(self.name, schema, self.tasks, **self.hparams)
+
+
+@dataclass
+class BaselineRun:
+    """A baseline's MLflow run and its best validation AUC; `status` says if it was reused."""
+
+    name: str
+    run_id: str
+    status: str
+    val_auc: float | None
+    wall_seconds: float | None = None
+
+
+def train_baselines(
+    spec: BaselineSpec,
+    prepared: PreparedDataset | str | Path,
+    *,
+    storage_path: str | Path,
+    tracking_uri: str | None = None,
+    force: bool = False,
+) -> list[BaselineRun]:
+    """Train (or reuse) every baseline of `spec` on `prepared`, one Ray Train job each."""
+    prepared = prepared if isinstance(prepared, PreparedDataset) else PreparedDataset.load(prepared)
+    schema = prepared.schema
+    tasks = tuple(spec.tasks) if spec.tasks is not None else tuple(schema.task_names)
+    client = tracking_client(tracking_uri)
+    experiment_id = ensure_experiment(client, spec.experiment)
+    fingerprint = str(prepared.split_info["config_hash"])
+    results = []
+    for name in spec.names:
+        hparams = spec.full_hparams(name)
+        build_baseline(name, schema, tasks, **hparams)
+        lookup = {
+            "kind": BASELINE_KIND,
+            "baseline": name,
+            "spec_digest": spec_digest(
+                {"tasks": tasks, "hparams": hparams, "train": spec.train.model_dump(mode="json")}
+            ),
+            "schema_hash": schema.hash,
+            "data_fingerprint": fingerprint,
+        }
+        finished = [] if force else find_runs(client, experiment_id, lookup)
+        if finished:
+            run = finished[0]
+            logger.info(
+                "%s: already trained for this data and spec (run %s)", name, run.info.run_id
+            )
+            results.append(
+                BaselineRun(name, run.info.run_id, "skipped", run.data.metrics.get("best_val_auc"))
+            )
+            continue
+        results.append(
+            _train_one(
+                client, experiment_id, spec, prepared, name, tasks, hparams, lookup, storage_path
+            )
+        )
+    return results
+
+
+def _train_one(
+    client: MlflowClient,
+    experiment_id: str,
+    spec: BaselineSpec,
+    prepared: PreparedDataset,
+    name: str,
+    tasks: tuple[str, ...],
+    hparams: dict[str, Any],
+    lookup: dict[str, str],
+    storage_path: str | Path,
+) -> BaselineRun:
+    run_id = client.create_run(
+        experiment_id, run_name=name, tags={tag(k): v for k, v in lookup.items()}
+    ).info.run_id
+    log_params(
+        client,
+        run_id,
+        {
+            "baseline": name,
+            "tasks": ",".join(tasks),
+            **flatten_params("hparam", hparams),
+            **flatten_params("train", spec.train.model_dump(mode="json")),
+        },
+    )
+    try:
+        outcome = run_train_job(
+            TrainJob(
+                name=f"baseline-{name}",
+                module_factory=BaselineFactory(name, tasks, hparams),
+                data_dir=str(prepared.path),
+                tasks=tasks,
+                config=spec.train,
+                storage_path=str(Path(storage_path).resolve()),
+                resources=spec.resources,
+                data_mode=spec.data_mode,
+            )
+        )
+        now = int(time.time() * 1000)
+        log_history(client, run_id, outcome.history, now)
+        model = BaselineFactory(name, tasks, hparams)(prepared.schema)
+        log_metrics(
+            client,
+            run_id,
+            {
+                **{f"best_{k}": v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
+                "best_epoch": float(outcome.best_epoch),
+                "wall_seconds": outcome.wall_seconds,
+                "trainable_parameters": float(sum(p.numel() for p in model.parameters())),
+            },
+            now,
+        )
+        manifest = ArtifactManifest(
+            kind=BASELINE_KIND,
+            name=name,
+            architecture=name,
+            tasks=tasks,
+            hparams=hparams,
+            schema_hash=prepared.schema.hash,
+            data_fingerprint=lookup["data_fingerprint"],
+            metrics={k: v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
+            extra={"run_id": run_id, "best_epoch": outcome.best_epoch},
+        )
+        with tempfile.TemporaryDirectory() as directory:
+            save_module_artifact(directory, outcome.state_dict, manifest, prepared.schema)
+            client.log_artifacts(run_id, directory, MODEL_ARTIFACT_PATH)
+    except BaseException as exc:
+        client.set_tag(run_id, tag("error"), f"{type(exc).__name__}: {exc}"[:5000])
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    logger.info("%s: val AUC %.4f in %.1f s", name, outcome.best_score, outcome.wall_seconds)
+    return BaselineRun(name, run_id, "trained", outcome.best_score, outcome.wall_seconds)
+
+
+def find_baselines(
+    client: MlflowClient,
+    experiment: str,
+    schema_hash: str,
+    data_fingerprint: str,
+    names: Sequence[str] | None = None,
+) -> dict[str, str]:
+    """Baseline name -> newest finished run trained on this data (optionally only `names`)."""
+    experiment_id = ensure_experiment(client, experiment)
+    runs = find_runs(
+        client,
+        experiment_id,
+        {"kind": BASELINE_KIND, "schema_hash": schema_hash, "data_fingerprint": data_fingerprint},
+    )
+    newest: dict[str, str] = {}
+    for run in runs:
+        newest.setdefault(run.data.tags[tag("baseline")], run.info.run_id)
+    if names is not None:
+        missing = [n for n in names if n not in newest]
+        if missing:
+            raise EmmError(
+                f"no trained baseline {missing} in experiment {experiment!r} for this data; "
+                "train them first (pipelines/evaluate.py trains missing baselines)"
+            )
+        return {n: newest[n] for n in names}
+    return newest
+
+
+def load_baseline(
+    client: MlflowClient, run_id: str, schema: FeatureSchema | None = None
+) -> MultiTaskBaseline:
+    """Download, verify and rebuild the baseline logged in `run_id` (eval mode)."""
+    with tempfile.TemporaryDirectory() as directory:
+        local = download_run_directory(client, run_id, MODEL_ARTIFACT_PATH, directory)
+        artifact = load_module_artifact(local, expected_schema=schema)
+    manifest = artifact.manifest
+    if manifest.kind != BASELINE_KIND:
+        raise EmmError(f"run {run_id} holds a {manifest.kind!r} artifact, not a baseline")
+    model = build_baseline(
+        manifest.architecture, artifact.schema, manifest.tasks, **manifest.hparams
+    )
+    try:
+        model.load_state_dict(artifact.state_dict, strict=True)
+    except RuntimeError as exc:
+        raise ArtifactIntegrityError(
+            f"run {run_id}: weights do not fit baseline {manifest.architecture}: {exc}"
+        ) from exc
+    return model.eval()
