@@ -38,18 +38,25 @@ def with_resources(spec: PoolSpec, epochs: int, resources: WorkerResources) -> P
     return spec.model_copy(update={"members": members, "train": train, "resources": resources})
 
 
-def run(spec: PoolSpec, prepared: PreparedDataset, workdir: Path, max_concurrent: int | None
-        ) -> PoolReport:
+def run(
+    spec: PoolSpec, prepared: PreparedDataset, workdir: Path, max_concurrent: int | None
+) -> PoolReport:
     return train_pool(
-        spec, prepared, storage_path=workdir / "ray", tracking_uri=f"sqlite:///{workdir}/mlruns.db",
-        max_concurrent=max_concurrent, force=True,
+        spec,
+        prepared,
+        storage_path=workdir / "ray",
+        tracking_uri=f"sqlite:///{workdir}/mlruns.db",
+        max_concurrent=max_concurrent,
+        force=True,
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs/pools/census_small.yaml")
-    parser.add_argument("--data", type=Path, default=None, help="prepared dir (default: real census)")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="prepared dir (default: real census)"
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--num-cpus", type=int, default=None)
     parser.add_argument("--output", type=Path, default=None)
@@ -70,10 +77,18 @@ def main() -> None:
     share = WorkerResources(cpu=cpus / n, gpu=min(gpus, 1.0) / n if gpus else 0.0)
 
     with tempfile.TemporaryDirectory() as tmp:
-        sequential = run(with_resources(spec, args.epochs, whole), prepared,
-                         Path(tmp) / "sequential", max_concurrent=1)
-        parallel = run(with_resources(spec, args.epochs, share), prepared,
-                       Path(tmp) / "parallel", max_concurrent=None)
+        sequential = run(
+            with_resources(spec, args.epochs, whole),
+            prepared,
+            Path(tmp) / "sequential",
+            max_concurrent=1,
+        )
+        parallel = run(
+            with_resources(spec, args.epochs, share),
+            prepared,
+            Path(tmp) / "parallel",
+            max_concurrent=None,
+        )
     for report in (sequential, parallel):
         if report.failed:
             raise SystemExit(f"members failed: {[(m.name, m.error) for m in report.failed]}")

@@ -93,3 +93,29 @@ def test_carried_branches_reach_the_tower(
         nudged = final.clone()
         nudged[:, -carry:] += 1.0
         assert not torch.allclose(parts.tower(nudged), parts.tower(final))
+
+
+def depth_hparams(architecture: str, depth: int) -> dict:
+    """Hyperparameters giving `architecture` exactly `depth` blocks, with LayerNorm on."""
+    if architecture == "autoint":
+        return {"attention_layers": depth, "layer_norm": True}
+    hparams = {"hidden": (8,) * depth, "layer_norm": True}
+    if architecture == "xdeepfm":
+        hparams["cin"] = (4,) * depth
+    return hparams
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_other_depths_compose_exactly(
+    architecture: str,
+    depth: int,
+    tiny_schema: FeatureSchema,
+    tiny_inputs: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    model = build_model(architecture, tiny_schema, "buy", **depth_hparams(architecture, depth))
+    parts = model.eval().decompose()
+    assert len(parts.blocks) == depth
+    with torch.no_grad():
+        flat = states(parts, *tiny_inputs)
+        assert [s.shape[1] for s in flat[1:]] == [b.out_width for b in parts.blocks]
+        assert torch.equal(parts.tower(flat[-1]), model(*tiny_inputs))
