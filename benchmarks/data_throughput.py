@@ -2,25 +2,25 @@
 
 1. Prepares synthetic census data (the built-in default) of `--rows` and `--big-rows`
    rows with the streaming `prepare_dataset`, sampling memory while it runs.
-2. Throughput on the `--rows` train split, side by side: the Ray Data path
-   (`read_parquet` -> `iter_torch_batches(collate_fn=BatchCollator)`, two epochs: the
-   first includes planning and cold reads) and the in-memory path (`pyarrow.parquet.
-   read_table`, then slicing the table into the same `Batch`es).
-3. Streams the train split of both sizes through Ray Data, sampling memory over time,
-   and, for contrast, loads each into memory with pyarrow (whose memory does grow).
+2. Throughput on the `--rows` train split, side by side, each twice: the Ray Data path
+   (`read_parquet` -> `iter_torch_batches(collate_fn=BatchCollator)`) and the in-memory
+   path (`pyarrow.parquet.read_table`, then slicing the table into the same `Batch`es).
+3. Memory vs rows: the train split of both sizes streamed by Ray Data (with memory over
+   time for the big one) and, for contrast, loaded into memory by pyarrow.
 
-Memory is the proportional set size (PSS, so shared object-store pages are not counted
-twice) of this process plus all its descendants (Ray's GCS, raylet and workers),
-sampled every 0.2 s from /proc. Flat memory means the 10M-row peaks stay close to the
-1M-row peaks. The machine may be shared: the load average is recorded with the results.
+Memory is the proportional set size (PSS, so shared object-store pages count once) of
+this process plus all its descendants (Ray's GCS, raylet, workers), sampled every 0.2 s
+from /proc, with the number of processes. The machine may be shared: the load average
+is recorded with the results.
 
-    python benchmarks/data_throughput.py                       # 1M vs 10M, ~10 min on 2 cores
+    python benchmarks/data_throughput.py                       # 1M vs 10M rows
     python benchmarks/data_throughput.py --rows 200000 --big-rows 1000000   # quick look
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -36,12 +36,13 @@ import pyarrow.parquet as pq
 
 import emm_ray
 from emm_ray.data.batch import BatchCollator
-from emm_ray.data.prepare import DatasetConfig, PreparedDataset, prepare_dataset
+from emm_ray.data.prepare import SPLIT_FILE, DatasetConfig, PreparedDataset, prepare_dataset
 from emm_ray.data.streaming import iter_batches, read_split, split_columns
 from emm_ray.runtime import init_ray
 
 RESULTS = Path(__file__).resolve().parent / "results" / "data_throughput.md"
 T = TypeVar("T")
+Sample = tuple[float, int, int, int]  # seconds, rows consumed, PSS KiB, processes
 
 
 @dataclass
@@ -49,7 +50,7 @@ class MemorySampler:
     """Samples the PSS of this process tree in a thread; `progress` tags each sample."""
 
     interval_s: float = 0.2
-    samples: list[tuple[float, int, int]] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
     progress: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -66,18 +67,23 @@ class MemorySampler:
 
     @property
     def peak_mib(self) -> float:
-        return max(s[2] for s in self.samples) / 1024 if self.samples else float("nan")
+        return max(s[2] for s in self.samples) / 1024
+
+    @property
+    def peak_processes(self) -> int:
+        return max(s[3] for s in self.samples)
 
     def _run(self) -> None:
         start = time.perf_counter()
         while True:
-            self.samples.append((time.perf_counter() - start, self.progress, tree_pss_kib()))
+            pss, processes = tree_pss()
+            self.samples.append((time.perf_counter() - start, self.progress, pss, processes))
             if self._stop.wait(self.interval_s):
                 break
 
 
-def tree_pss_kib(root: int | None = None) -> int:
-    """PSS (KiB) of `root` (default: this process) and all its descendants."""
+def tree_pss(root: int | None = None) -> tuple[int, int]:
+    """PSS (KiB) of `root` (default: this process) and all its descendants, and their count."""
     root = os.getpid() if root is None else root
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -89,18 +95,17 @@ def tree_pss_kib(root: int | None = None) -> int:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(parent, []).append(int(entry))
-    total, stack = 0, [root]
+    total, count, stack = 0, 0, [root]
     while stack:
         pid = stack.pop()
         stack.extend(children.get(pid, []))
         try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-                    break
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
         except OSError:
             continue
-    return total
+        total += next(int(x.split()[1]) for x in rollup.splitlines() if x.startswith("Pss:"))
+        count += 1
+    return total, count
 
 
 def timed(fn: Callable[[MemorySampler], T]) -> tuple[T, float, MemorySampler]:
@@ -113,11 +118,19 @@ def timed(fn: Callable[[MemorySampler], T]) -> tuple[T, float, MemorySampler]:
 
 
 def prepare(rows: int, workdir: Path, chunk_rows: int) -> tuple[PreparedDataset, float, float]:
-    """Synthetic census of `rows` rows, prepared (streaming) under the memory sampler."""
+    """Synthetic census of `rows` rows, prepared (streaming) under the memory sampler.
+
+    A `--workdir` kept from an earlier run is reused (prepare is a no-op then) and the
+    timing recorded when it was first prepared is reported.
+    """
     config = DatasetConfig(rows=rows, chunk_rows=chunk_rows)
-    prepared, seconds, sampler = timed(
-        lambda s: prepare_dataset(config, workdir / f"census-{rows}")
-    )
+    target = workdir / f"census-{rows}"
+    record = workdir / f"census-{rows}.prepare-timing.json"
+    if (target / SPLIT_FILE).is_file() and record.is_file():
+        seconds, peak = json.loads(record.read_text())
+        return prepare_dataset(config, target), seconds, peak
+    prepared, seconds, sampler = timed(lambda s: prepare_dataset(config, target))
+    record.write_text(json.dumps([seconds, sampler.peak_mib]))
     return prepared, seconds, sampler.peak_mib
 
 
@@ -151,6 +164,32 @@ def quiet_ray_data() -> None:
     context.print_on_execution_start = False
 
 
+@dataclass
+class Run:
+    path: str
+    dataset_rows: int
+    rows: int
+    seconds: float
+    sampler: MemorySampler
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds
+
+
+def measure(
+    name: str, fn: Callable, prepared: PreparedDataset, dataset_rows: int, batch_size: int
+) -> Run:
+    rows, seconds, sampler = timed(lambda s: fn(prepared, batch_size, s))
+    run = Run(name, dataset_rows, rows, seconds, sampler)
+    print(
+        f"{name}, {dataset_rows:,}-row dataset: {run.rows_per_s:,.0f} rows/s, "
+        f"peak {sampler.peak_mib:.0f} MiB",
+        flush=True,
+    )
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows for throughput")
@@ -158,7 +197,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--chunk-rows", type=int, default=500_000, help="prepare chunk size")
     parser.add_argument("--object-store-mib", type=int, default=1024)
-    parser.add_argument("--workdir", type=Path, default=None, help="default: a temp dir, removed")
+    parser.add_argument("--workdir", type=Path, default=None, help="kept; default: a temp dir")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -171,34 +210,26 @@ def main() -> None:
         prepare_rows.append((rows, seconds, peak))
         print(f"prepare {rows:,} rows: {seconds:.1f} s, peak {peak:.0f} MiB", flush=True)
 
-    baseline_mib = tree_pss_kib() / 1024
+    memory = {"before Ray": tree_pss()[0] / 1024}
     init_ray(num_cpus=2, object_store_memory=args.object_store_mib * 1024**2)
     quiet_ray_data()
-    ray_idle_mib = tree_pss_kib() / 1024
+    memory["idle Ray"] = tree_pss()[0] / 1024
+
     small = prepared[args.rows]
-    throughput = []
-    for name, fn in [
-        ("pyarrow read_table + slices, run 1", stream_pyarrow),
-        ("Ray Data read_parquet + iter_torch_batches, run 1", stream_ray),
-        ("pyarrow read_table + slices, run 2", stream_pyarrow),
-        ("Ray Data read_parquet + iter_torch_batches, run 2", stream_ray),
-    ]:
-        rows, seconds, sampler = timed(lambda s, fn=fn: fn(small, args.batch_size, s))
-        throughput.append((name, rows, seconds, sampler.peak_mib))
-        print(f"{name}: {rows / seconds:,.0f} rows/s, peak {sampler.peak_mib:.0f} MiB", flush=True)
+    throughput = [
+        measure(f"{name}, run {run}", fn, small, args.rows, args.batch_size)
+        for run in (1, 2)
+        for name, fn in [("pyarrow in memory", stream_pyarrow), ("Ray Data", stream_ray)]
+    ]
+    scaling = [
+        measure(name, fn, prepared[rows], rows, args.batch_size)
+        for rows in sizes
+        for name, fn in [("Ray Data", stream_ray), ("pyarrow in memory", stream_pyarrow)]
+    ]
+    timeline = next(r for r in reversed(scaling) if r.path == "Ray Data")
+    load = f"{_load(load_before)} before, {_load(os.getloadavg())} after"
 
-    streaming = []
-    for rows_total in sizes:
-        rows, seconds, sampler = timed(
-            lambda s, r=rows_total: stream_ray(prepared[r], args.batch_size, s)
-        )
-        streaming.append((rows_total, rows, seconds, sampler))
-        print(
-            f"stream {rows:,} rows: {rows / seconds:,.0f} rows/s, peak {sampler.peak_mib:.0f} MiB"
-        )
-
-    report = render(args, prepare_rows, throughput, streaming, baseline_mib, ray_idle_mib,
-                    load_before, os.getloadavg())  # fmt: skip
+    report = render(args, prepare_rows, throughput, scaling, timeline, memory, load)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
     print(report)
@@ -209,12 +240,11 @@ def main() -> None:
 def render(
     args: argparse.Namespace,
     prepare_rows: list[tuple[int, float, float]],
-    throughput: list[tuple[str, int, float, float]],
-    streaming: list[tuple[str, int, int, float, MemorySampler]],
-    baseline_mib: float,
-    ray_idle_mib: float,
-    load_before: tuple[float, float, float],
-    load_after: tuple[float, float, float],
+    throughput: list[Run],
+    scaling: list[Run],
+    timeline: Run,
+    memory: dict[str, float],
+    load: str,
 ) -> str:
     import ray
 
@@ -223,15 +253,16 @@ def render(
         "",
         f"Synthetic census (39 features, 2 tasks), batch size {args.batch_size}, "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, emm-ray "
-        f"{emm_ray.__version__}, Ray {ray.__version__}. Memory = PSS of the benchmark process "
-        "and all its descendants (Ray's GCS, raylet, workers, object store pages), sampled "
-        f"every 0.2 s. Load average (1/5/15 min) before {_load(load_before)}, "
-        f"after {_load(load_after)}: the machine was shared, so timings are indicative.",
+        f"{emm_ray.__version__}, Ray {ray.__version__}, local Ray with 2 CPUs and a "
+        f"{args.object_store_mib} MiB object store. Memory = PSS of the benchmark process and "
+        "all its descendants (Ray's GCS, raylet, workers; object-store pages counted once), "
+        f"sampled every 0.2 s. Load average (1/5/15 min): {load}. The machine was shared with "
+        "other jobs, so timings are indicative; compare rows side by side.",
         "",
         "Command: `python benchmarks/data_throughput.py "
         f"--rows {args.rows} --big-rows {args.big_rows} --batch-size {args.batch_size}`",
         "",
-        "## Prepare (generate + split + fit + encode + write parquet, streaming)",
+        "## Prepare (generate, split, fit on train, encode, write parquet; streaming)",
         "",
         "| rows | seconds | rows/s | peak memory (MiB) |",
         "| ---: | ---: | ---: | ---: |",
@@ -239,47 +270,54 @@ def render(
     lines += [f"| {r:,} | {s:.1f} | {r / s:,.0f} | {p:.0f} |" for r, s, p in prepare_rows]
     lines += [
         "",
-        f"## Reading the {throughput[0][1]:,}-row train split into `Batch`es",
+        f"## Reading the {throughput[0].rows:,}-row train split into `Batch`es",
         "",
-        f"Process tree before Ray: {baseline_mib:.0f} MiB; with an idle local Ray "
-        f"(2 CPUs, {args.object_store_mib} MiB object store): {ray_idle_mib:.0f} MiB.",
+        f"Process tree before Ray: {memory['before Ray']:.0f} MiB; with an idle local Ray: "
+        f"{memory['idle Ray']:.0f} MiB.",
         "",
         "| path | rows | seconds | rows/s | peak memory (MiB) |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    lines += [f"| {n} | {r:,} | {s:.2f} | {r / s:,.0f} | {p:.0f} |" for n, r, s, p in throughput]
     lines += [
-        "",
-        "## Streaming the train split through Ray Data: memory vs rows",
-        "",
-        "| dataset rows | train rows streamed | seconds | rows/s | peak memory (MiB) |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        f"| {r.path} | {r.rows:,} | {r.seconds:.2f} | {r.rows_per_s:,.0f} | "
+        f"{r.sampler.peak_mib:.0f} |"
+        for r in throughput
     ]
     lines += [
-        f"| {t:,} | {r:,} | {s:.1f} | {r / s:,.0f} | {m.peak_mib:.0f} |" for t, r, s, m in streaming
+        "",
+        "## Memory vs rows: the train split streamed by Ray Data, or loaded by pyarrow",
+        "",
+        "| path | dataset rows | train rows | seconds | rows/s | peak memory (MiB) "
+        "| processes at most |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    total, _, _, sampler = streaming[-1]
+    lines += [
+        f"| {r.path} | {r.dataset_rows:,} | {r.rows:,} | {r.seconds:.1f} | {r.rows_per_s:,.0f} "
+        f"| {r.sampler.peak_mib:.0f} | {r.sampler.peak_processes} |"
+        for r in scaling
+    ]
     lines += [
         "",
-        f"Memory over time while Ray Data streams the {total:,}-row dataset's train split "
-        "(every ~10% of rows):",
+        f"Memory over time while Ray Data streams the {timeline.dataset_rows:,}-row dataset's "
+        "train split (about every 10% of rows):",
         "",
-        "| seconds | rows consumed | memory (MiB) |",
-        "| ---: | ---: | ---: |",
+        "| seconds | rows consumed | memory (MiB) | processes |",
+        "| ---: | ---: | ---: | ---: |",
     ]
-    lines += [f"| {t:.1f} | {p:,} | {k / 1024:.0f} |" for t, p, k in _every_tenth(sampler.samples)]
+    lines += [
+        f"| {t:.1f} | {p:,} | {k / 1024:.0f} | {n} |"
+        for t, p, k, n in _every_tenth(timeline.sampler.samples)
+    ]
     return "\n".join(lines) + "\n"
 
 
-def _every_tenth(samples: list[tuple[float, int, int]]) -> list[tuple[float, int, int]]:
-    if not samples:
-        return []
+def _every_tenth(samples: list[Sample]) -> list[Sample]:
     last = samples[-1][1] or 1
-    picked, next_mark = [], 0.0
+    picked, mark = [], 0.0
     for sample in samples:
-        if sample[1] >= next_mark * last:
+        if sample[1] >= mark * last:
             picked.append(sample)
-            next_mark += 0.1
+            mark += 0.1
     if picked[-1] is not samples[-1]:
         picked.append(samples[-1])
     return picked

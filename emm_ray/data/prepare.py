@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,6 +48,7 @@ from emm_ray.errors import ConfigError, DataError, SchemaMismatchError
 FORMAT_VERSION = 1
 SPLIT_FILE = "split.json"
 ROW_ID = "row_id"
+ROW_GROUP_ROWS = 65_536  # parquet row groups: Ray Data reads (and holds) one at a time
 
 
 class DatasetConfig(StrictModel):
@@ -134,6 +135,7 @@ class _Source:
     path: Path | None
     chunks: Callable[[], Iterator[pa.Table]]
     splitter: Callable[[], StratifiedSplitter | FixedSplit]
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare_dataset(
@@ -230,6 +232,7 @@ def _plan(config: DatasetConfig, files: dict[str, Path]) -> tuple[DatasetLayout,
                 None,
                 lambda: generator.iter_chunks(config.rows, config.chunk_rows),
                 _carved(carve, config.seed),
+                generator.describe(config.rows),
             )
         ]
 
@@ -393,7 +396,7 @@ class _ShardWriter:
                 self._writer = pq.ParquetWriter(path, self.schema)
                 self._shards += 1
             take = min(table.num_rows, self.rows_per_shard - self._in_shard)
-            self._writer.write_table(table.slice(0, take))
+            self._writer.write_table(table.slice(0, take), row_group_size=ROW_GROUP_ROWS)
             self.rows += take
             self._in_shard += take
             table = table.slice(take)
@@ -459,6 +462,7 @@ def _split_record(
                 "path": None if source.path is None else str(source.path),
                 "sha256": checksums.get(source.role),
                 "assigned_fractions": rule.fractions,
+                **source.details,
             }
         )
     splits = {

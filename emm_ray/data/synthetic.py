@@ -188,10 +188,6 @@ SPECS: dict[str, SyntheticSpec] = {
 }
 
 
-def synthetic_layout(dataset: str) -> DatasetLayout:
-    return _spec(dataset).layout
-
-
 def _spec(dataset: str) -> SyntheticSpec:
     try:
         return SPECS[dataset]
@@ -238,6 +234,19 @@ class SyntheticGenerator:
         self._scale = LOGIT_STD / scores.std(0)
         self._bias = self._calibrate(scores * self._scale)
 
+    def describe(self, rows: int) -> dict[str, object]:
+        """What generated a dataset, for its `split.json`."""
+        return {
+            "generator": "emm_ray.data.synthetic",
+            "dataset": self.layout.dataset,
+            "seed": self.seed,
+            "rows": rows,
+            "target_positive_rates": dict(
+                zip(self.layout.task_names, self.spec.rates, strict=True)
+            ),
+            "notes": self.spec.notes,
+        }
+
     def iter_chunks(self, rows: int, chunk_rows: int = 100_000) -> Iterator[pa.Table]:
         """Rows `[0, rows)` as raw tables of at most `chunk_rows` rows."""
         if rows < 0 or chunk_rows <= 0:
@@ -256,7 +265,8 @@ class SyntheticGenerator:
 
     def table(self, rows: int) -> pa.Table:
         """All `rows` at once (small sizes: tests, examples)."""
-        return pa.concat_tables(self.iter_chunks(rows, max(rows, 1)))
+        chunks = list(self.iter_chunks(rows, max(rows, 1)))
+        return pa.concat_tables(chunks) if chunks else self.layout.raw_schema().empty_table()
 
     def _block(self, block: int) -> pa.Table:
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(1, block)))

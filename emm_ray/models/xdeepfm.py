@@ -65,8 +65,9 @@ class XDeepFMEmbedding(ModelEmbedding):
 class CINLayer(nn.Module):
     """`X_k[b, e, o] = sum_{h, f} W[o, h, f] X_{k-1}[b, e, h] X0[b, e, f] + bias[o]`.
 
-    One `einsum` without materialising the `[B, E, H, F]` outer product: several times
-    faster on CPU than the Conv1d-over-outer-product form, and the same function.
+    An `einsum` that never materialises the `[B, E, H, F]` outer product and contracts
+    the larger of `H`, `F` first, so its intermediate (`[B, E, O, min(H, F)]`) is the
+    smaller one: several times faster on CPU than Conv1d over the outer product.
     """
 
     def __init__(self, in_maps: int, fields: int, out_maps: int) -> None:
@@ -75,8 +76,11 @@ class CINLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_maps))
         bound = 1.0 / math.sqrt(in_maps * fields)
         nn.init.uniform_(self.weight, -bound, bound)
+        self.fields_first = fields > in_maps
 
     def forward(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        if self.fields_first:
+            return torch.einsum("ohf,bef,beh->beo", self.weight, x0, x) + self.bias
         return torch.einsum("ohf,beh,bef->beo", self.weight, x, x0) + self.bias
 
 

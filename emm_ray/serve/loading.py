@@ -17,8 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from emm_ray.errors import ArtifactIntegrityError, ConfigError
-from emm_ray.fusion import EMMModel, FusionConfig
-from emm_ray.fusion import PoolMember as FusionMember
+from emm_ray.fusion.artifact import FUSED_ARCHITECTURE, build_fused_model
 from emm_ray.models.registry import ARCHITECTURES, build_model
 from emm_ray.serve.records import ModelDescription
 from emm_ray.serve.servable import Servable
@@ -66,32 +65,21 @@ def servable_from_artifact(artifact: ModuleArtifact) -> Servable:
         module = build_model(
             manifest.architecture, artifact.schema, manifest.tasks[0], **manifest.hparams
         )
-    elif manifest.architecture == "emm":
-        module = _fused_skeleton(artifact)
+    elif manifest.architecture == FUSED_ARCHITECTURE:
+        module = build_fused_model(manifest, artifact.schema)
     else:
         raise ArtifactIntegrityError(
             f"{artifact.path}: cannot serve architecture {manifest.architecture!r} "
-            f"(servable: emm, {', '.join(sorted(ARCHITECTURES))})"
+            f"(servable: {FUSED_ARCHITECTURE}, {', '.join(sorted(ARCHITECTURES))})"
         )
-    module.load_state_dict(artifact.state_dict)
+    try:
+        module.load_state_dict(artifact.state_dict, strict=True)
+    except RuntimeError as exc:
+        raise ArtifactIntegrityError(
+            f"{artifact.path}: weights do not fit the {manifest.architecture} model its "
+            f"manifest describes: {exc}"
+        ) from exc
     return Servable(artifact.schema, module, tuple(manifest.tasks), manifest.kind)
-
-
-def _fused_skeleton(artifact: ModuleArtifact) -> EMMModel:
-    """An untrained EMM model shaped like the artifact's (its members rebuilt from their
-    manifests); the artifact's state dict then fills every weight, frozen parts included."""
-    pool = [
-        FusionMember(
-            component.name,
-            build_model(
-                component.architecture, artifact.schema, component.tasks[0], **component.hparams
-            ),
-            component.model_dump(mode="json"),
-        )
-        for component in artifact.manifest.components
-    ]
-    config = FusionConfig.model_validate(artifact.manifest.hparams["fusion"])
-    return EMMModel(artifact.schema, pool, config)
 
 
 def load_registered(

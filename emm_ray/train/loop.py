@@ -44,7 +44,8 @@ class TrainConfig(StrictModel):
     `patience` is the number of epochs without a mean-validation-AUC gain larger than
     `min_delta` after which training stops; `None` trains all `epochs`. `amp="auto"` uses
     bf16 autocast on CUDA (fp16 + gradient scaling where bf16 is missing) and full
-    precision on CPU, where autocast is slower than fp32 on most processors.
+    precision on CPU, where autocast is slower than fp32 on most processors. Validation
+    always runs in full precision, so a logged AUC is reproducible from the saved weights.
     """
 
     epochs: int = Field(10, ge=1)
@@ -246,7 +247,7 @@ def fit(
                 f"training loss became {train_loss} in epoch {epoch}; lower the learning rate "
                 f"(lr={config.lr}) or check the inputs for extreme values"
             )
-        scores = evaluate(module, validation, tasks, names, device=device, amp=config.amp)
+        scores = evaluate(module, validation, tasks, names, device=device)
         metrics = {
             "epoch": float(epoch),
             "train_loss": train_loss,

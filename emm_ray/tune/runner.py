@@ -162,6 +162,6 @@ def _summary(result: Result) -> TrialSummary:
         trial_id=str(metrics.get("trial_id", "")),
         config=dict(result.config or {}),
         val_auc=metrics.get(METRIC),
-        epochs=int(metrics.get("epoch", 0)),
+        epochs=int(metrics.get("epochs_run", metrics.get("epoch", 0))),
         outcome=outcome,
     )

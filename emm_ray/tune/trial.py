@@ -1,5 +1,9 @@
 """One Tune trial: train a fused model over the frozen pool on Ray Train, save it.
 
+Fusion itself is `emm_ray.fusion`'s: its `FusedModelFactory` builds the model inside the
+Train worker, `verify_frozen` checks the pool came out bit-identical, and
+`save_fused_model` writes the one self-describing artifact that gets registered.
+
 The trial is a Tune function that runs a Ray Train job (Train v2 refuses to be a Tune
 trainable itself). Train's per-epoch reports reach Tune through `TuneReportCallback`,
 so ASHA sees every epoch's mean validation AUC and can stop the trial between epochs.
@@ -21,10 +25,9 @@ import torch
 
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.data.streaming import read_split
-from emm_ray.fusion import EMMModel, FusionConfig
-from emm_ray.fusion import PoolMember as FusionMember
-from emm_ray.models.registry import build_model
-from emm_ray.tracking.artifacts import ArtifactManifest, save_module_artifact
+from emm_ray.fusion.artifact import save_fused_model
+from emm_ray.fusion.config import FusionConfig
+from emm_ray.fusion.stage import FusedModelFactory, MemberWeights, verify_frozen
 from emm_ray.tracking.store import tracking_client
 from emm_ray.train.loop import TrainConfig
 from emm_ray.train.members import load_member
@@ -42,36 +45,6 @@ from emm_ray.tune.tracking import MODEL_SAVED
 
 METRIC = "val_auc"
 TRAIN_OPTIONS = ("lr", "weight_decay")
-FUSED_KIND = "fused"
-
-
-@dataclass(frozen=True)
-class FrozenMember:
-    """A trained pool member as it travels to trials: recipe, weights and manifest."""
-
-    name: str
-    architecture: str
-    task: str
-    hparams: dict[str, Any]
-    state_dict: dict[str, torch.Tensor]
-    manifest: dict[str, Any]
-    val_auc: float
-
-
-@dataclass(frozen=True)
-class FusedFactory:
-    """Picklable `schema -> EMMModel` over frozen members, built inside the Train worker."""
-
-    members: tuple[FrozenMember, ...]
-    config: FusionConfig
-
-    def __call__(self, schema: FeatureSchema) -> EMMModel:
-        pool = []
-        for member in self.members:
-            model = build_model(member.architecture, schema, member.task, **member.hparams)
-            model.load_state_dict(member.state_dict)
-            pool.append(FusionMember(member.name, model.eval(), member.manifest))
-        return EMMModel(schema, pool, self.config)
 
 
 @dataclass(frozen=True)
@@ -79,7 +52,7 @@ class SearchContext:
     """What every trial shares: the data, the frozen pool, the fixed training settings."""
 
     data_dir: str
-    pool: tuple[FrozenMember, ...]
+    pool: tuple[MemberWeights, ...]
     trial: TrialSettings
     epochs: int
     storage_path: str
@@ -87,38 +60,29 @@ class SearchContext:
 
 def load_pool(
     pool_runs: Mapping[str, str], data_dir: str | Path, tracking_uri: str
-) -> tuple[FrozenMember, ...]:
+) -> tuple[MemberWeights, ...]:
     """Load and verify the pool members once, on the driver (trials get them by value)."""
     schema = FeatureSchema.load(data_dir)
     client = tracking_client(tracking_uri)
-    members = []
-    for name, run_id in pool_runs.items():
-        member = load_member(run_id, schema=schema, client=client)
-        members.append(
-            FrozenMember(
-                name=name,
-                architecture=member.manifest.architecture,
-                task=member.task,
-                hparams=dict(member.manifest.hparams),
-                state_dict=member.model.state_dict(),
-                manifest=member.manifest.model_dump(mode="json"),
-                val_auc=float(member.manifest.metrics.get(METRIC, float("nan"))),
-            )
-        )
-    return tuple(members)
+    loaded = [load_member(run_id, schema=schema, client=client) for run_id in pool_runs.values()]
+    return tuple(MemberWeights.from_manifest(m.manifest, m.model.state_dict()) for m in loaded)
 
 
 def select_members(
-    pool: tuple[FrozenMember, ...], experts_per_task: int | None
-) -> tuple[FrozenMember, ...]:
+    pool: tuple[MemberWeights, ...], experts_per_task: int | None
+) -> tuple[MemberWeights, ...]:
     """The best `experts_per_task` members of each task by validation AUC (all if `None`)."""
     if experts_per_task is None:
         return pool
-    chosen: list[FrozenMember] = []
-    for task in dict.fromkeys(m.task for m in pool):
-        ranked = sorted((m for m in pool if m.task == task), key=lambda m: -m.val_auc)
-        chosen.extend(ranked[:experts_per_task])
-    return tuple(m for m in pool if m in chosen)
+    chosen: set[str] = set()
+    for task in {m.task for m in pool}:
+        ranked = sorted((m for m in pool if m.task == task), key=_member_auc, reverse=True)
+        chosen.update(m.name for m in ranked[:experts_per_task])
+    return tuple(m for m in pool if m.name in chosen)
+
+
+def _member_auc(member: MemberWeights) -> float:
+    return float(member.manifest.get("metrics", {}).get(METRIC, float("-inf")))
 
 
 def run_train_job_reporting_to_tune(job: TrainJob) -> TrainOutcome:
@@ -186,12 +150,13 @@ def fusion_trial(config: dict[str, Any], context: SearchContext) -> None:
     )
     members = select_members(context.pool, config.get("experts_per_task"))
     schema = FeatureSchema.load(context.data_dir)
-    tasks = tuple(t for t in schema.task_names if t in {m.task for m in members})
+    factory = FusedModelFactory(members, fusion)
+    model = factory(schema)
     job = TrainJob(
         name=f"trial-{tune.get_context().get_trial_id()}",
-        module_factory=FusedFactory(members, fusion),
+        module_factory=factory,
         data_dir=context.data_dir,
-        tasks=tasks,
+        tasks=tuple(model.task_names),
         config=train,
         storage_path=context.storage_path,
         resources=WorkerResources(
@@ -199,21 +164,16 @@ def fusion_trial(config: dict[str, Any], context: SearchContext) -> None:
         ),
     )
     outcome = run_train_job_reporting_to_tune(job)
+    model.load_state_dict(outcome.state_dict, strict=True)
+    verify_frozen(model, factory, schema)
     with tempfile.TemporaryDirectory() as directory:
-        manifest = ArtifactManifest(
-            kind=FUSED_KIND,
-            name=job.name,
-            architecture="emm",
-            tasks=tasks,
-            hparams={
-                "fusion": fusion.model_dump(mode="json"),
-                "members": [m.name for m in members],
-            },
-            schema_hash=schema.hash,
+        save_fused_model(
+            model,
+            directory,
+            job.name,
             metrics={k: v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
-            components=tuple(ArtifactManifest.model_validate(m.manifest) for m in members),
+            extra={"best_epoch": outcome.best_epoch, "trial_options": dict(config)},
         )
-        save_module_artifact(directory, outcome.state_dict, manifest, schema)
         tune.report(
             {
                 **outcome.best_metrics,

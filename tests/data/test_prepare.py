@@ -187,6 +187,12 @@ def test_synthetic_prepare_is_deterministic_and_independent_of_chunking(tmp_path
     b = prepare_dataset(DatasetConfig(**base, chunk_rows=1_000), tmp_path / "b")
     assert a.schema.hash == b.schema.hash
     assert a.schema.dataset == "census-synthetic"
+    source = a.split_info["sources"][0]
+    assert (source["generator"], source["dataset"], source["rows"]) == (
+        "emm_ray.data.synthetic",
+        "census-synthetic",
+        12_000,
+    )
     for split in SPLITS:
         assert _split_table(a, split).equals(_split_table(b, split))
     assert len(list((tmp_path / "a" / "train").glob("*.parquet"))) == 2  # 9,600 rows / 5,000

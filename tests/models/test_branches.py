@@ -63,7 +63,7 @@ def test_dcn_v2_carries_x0_and_advances_the_cross_state(
 def test_xdeepfm_keeps_first_order_and_pools_each_cin_layer(
     tiny_schema: FeatureSchema, tiny_inputs: Inputs
 ) -> None:
-    cin = (5, 4)
+    cin = (5, 3)  # layer 2 has fewer maps than fields: the other contraction order
     model = build_model("xdeepfm", tiny_schema, "click", hidden=(8, 6), cin=cin, embed_dim=3)
     parts = model.eval().decompose()
     flat = states(parts, *tiny_inputs)

@@ -1,4 +1,4 @@
-"""A tiny model registered in a temporary MLflow store, and raw records for it."""
+"""Tiny models registered in a temporary MLflow store, and raw records for them."""
 
 from __future__ import annotations
 
@@ -8,11 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mlflow.tracking import MlflowClient
 from torch import nn
 
 from emm_ray.data.schema import DenseField, FeatureSchema, SparseField, Task
+from emm_ray.fusion import EMMModel, FusionConfig
+from emm_ray.fusion import PoolMember as FusionMember
+from emm_ray.fusion.artifact import save_fused_model
 from emm_ray.models.registry import build_model
-from emm_ray.tracking.artifacts import ArtifactManifest, save_module_artifact
+from emm_ray.tracking.artifacts import (
+    ArtifactManifest,
+    parameter_checksum,
+    save_module_artifact,
+)
 from emm_ray.tracking.store import ensure_experiment, tracking_client
 from emm_ray.train.members import MEMBER_KIND
 from emm_ray.tune.registry import register_artifact
@@ -48,29 +56,54 @@ class RegisteredModel:
         return f"models:/{self.name}/{self.version}"
 
 
-def register_tiny_model(directory: Path, name: str = "emm-tiny") -> RegisteredModel:
-    """Save a seeded single-task MLP as an artifact, log it to a run and register it."""
-    torch.manual_seed(0)
-    module = build_model("mlp", SCHEMA, "income", embed_dim=4, hidden=(8, 8)).eval()
+def _member(name: str, task: str) -> FusionMember:
+    model = build_model("mlp", SCHEMA, task, embed_dim=4, hidden=(8, 8)).eval()
     manifest = ArtifactManifest(
         kind=MEMBER_KIND,
-        name="income-mlp",
+        name=name,
         architecture="mlp",
-        tasks=("income",),
-        hparams=module.hparams,
+        tasks=(task,),
+        hparams=model.hparams,
         schema_hash=SCHEMA.hash,
+        parameter_checksum=parameter_checksum(model.state_dict()),
     )
-    save_module_artifact(directory / "artifact", module.state_dict(), manifest, SCHEMA)
-    tracking_uri = f"sqlite:///{directory / 'mlruns.db'}"
-    client = tracking_client(tracking_uri)
+    return FusionMember(name, model, manifest.model_dump(mode="json"))
+
+
+def _register(client: MlflowClient, directory: Path, name: str) -> str:
     run = client.create_run(ensure_experiment(client, "serve-test"))
-    client.log_artifacts(run.info.run_id, str(directory / "artifact"), "model")
+    client.log_artifacts(run.info.run_id, str(directory), "model")
     client.set_terminated(run.info.run_id)
     version = register_artifact(
         client, name, run.info.run_id, "model", metrics={"val_auc": 0.5}, alias="champion"
     )
-    return RegisteredModel(
-        name, str(version.version), tracking_uri, SCHEMA, module, tuple(manifest.tasks)
+    return str(version.version)
+
+
+def register_tiny_models(directory: Path) -> tuple[RegisteredModel, RegisteredModel]:
+    """A seeded fused model over two pool members, and one of those members, registered.
+
+    Weights are untrained (seeded): serving must reproduce whatever the model computes.
+    """
+    tracking_uri = f"sqlite:///{directory / 'mlruns.db'}"
+    client = tracking_client(tracking_uri)
+    torch.manual_seed(0)
+    income, married = _member("mlp_income", "income"), _member("mlp_married", "never_married")
+    fused = EMMModel(
+        SCHEMA, [income, married], FusionConfig(d_model=8, heads=2, top_k=1, tower_hidden=(8,))
+    ).eval()
+    save_fused_model(fused, directory / "fused", "emm-tiny")
+    fused_version = _register(client, directory / "fused", "emm-tiny")
+    member_manifest = ArtifactManifest.model_validate(income.manifest)
+    save_module_artifact(directory / "member", income.model.state_dict(), member_manifest, SCHEMA)
+    member_version = _register(client, directory / "member", "emm-tiny-income")
+    return (
+        RegisteredModel(
+            "emm-tiny", fused_version, tracking_uri, SCHEMA, fused, tuple(fused.task_names)
+        ),
+        RegisteredModel(
+            "emm-tiny-income", member_version, tracking_uri, SCHEMA, income.model, ("income",)
+        ),
     )
 
 

@@ -31,7 +31,7 @@ import yaml
 
 from emm_ray.data.batch import BatchCollator
 from emm_ray.runtime import RAY_ENV
-from tests.serve.models import RegisteredModel, raw_rows, register_tiny_model
+from tests.serve.models import RegisteredModel, raw_rows, register_tiny_models
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE_CONFIG = REPO / "serve_configs" / "census.yaml"
@@ -45,6 +45,7 @@ class Service:
     url: str
     strict_url: str
     model: RegisteredModel
+    member: RegisteredModel
 
 
 def _free_port() -> int:
@@ -106,7 +107,7 @@ def service(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
     from ray import serve
 
     tmp = tmp_path_factory.mktemp("serve")
-    model = register_tiny_model(tmp)
+    model, member = register_tiny_models(tmp)
     port = _free_port()
     config_path = tmp / "serve.yaml"
     config_path.write_text(yaml.safe_dump(_serve_yaml(model.uri, model.tracking_uri, port)))
@@ -131,7 +132,7 @@ def service(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
     try:
         _wait_healthy(url, process, timeout_s=150)
         _wait_healthy(url + "/strict", process, timeout_s=30)
-        yield Service(url, url + "/strict", model)
+        yield Service(url, url + "/strict", model, member)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -166,6 +167,8 @@ def test_health_reports_the_registered_version(service: Service) -> None:
     assert body["model"]["name"] == service.model.name
     assert body["model"]["version"] == service.model.version
     assert body["model"]["schema_hash"] == service.model.schema.hash
+    assert body["model"]["kind"] == "fused"
+    assert body["model"]["tasks"] == ["income", "never_married"]
 
 
 def test_openapi_documents_predict_with_every_feature(service: Service) -> None:
@@ -285,27 +288,27 @@ def test_every_bad_input_is_a_422_naming_the_field(service: Service) -> None:
     assert status == 200, f"the replica stopped answering after bad input: {body}"
 
 
-def test_deploy_serves_next_to_a_running_application(service: Service) -> None:
+def test_deploy_serves_a_single_task_pool_member(service: Service) -> None:
     from ray import serve
 
     from emm_ray.serve.app import deploy
     from emm_ray.serve.settings import parse_settings
 
+    member = service.member
     settings = parse_settings(
-        {
-            "model_uri": f"models:/{service.model.name}@champion",
-            "tracking_uri": service.model.tracking_uri,
-        }
+        {"model_uri": f"models:/{member.name}@champion", "tracking_uri": member.tracking_uri}
     )
-    url = deploy(settings, name="emm-deployed", route_prefix="/deployed", port=_free_port())
+    url = deploy(settings, name="emm-member", route_prefix="/member", port=_free_port())
     try:
-        assert url == service.url + "/deployed", "the running proxy's address is returned"
+        assert url == service.url + "/member", "the running proxy's address is returned"
         status, body = _request(url + "/healthz")
         assert status == 200 and body["model"]["alias"] == "champion"
-        rows = raw_rows(service.model.schema, count=3, seed=7)
+        assert body["model"]["tasks"] == ["income"] and body["model"]["kind"] == "pool_member"
+        rows = raw_rows(member.schema, count=3, seed=7)
         status, body = _post(url + "/predict", {"records": rows})
         assert status == 200, body
-        served = np.array([[p[t] for t in service.model.tasks] for p in body["predictions"]])
-        np.testing.assert_allclose(served, _expected(service.model, rows), atol=1e-6, rtol=0)
+        assert all(set(p) == {"income"} for p in body["predictions"])
+        served = np.array([[p["income"]] for p in body["predictions"]])
+        np.testing.assert_allclose(served, _expected(member, rows), atol=1e-6, rtol=0)
     finally:
-        serve.delete("emm-deployed")
+        serve.delete("emm-member")

@@ -1,8 +1,8 @@
 """A real search: 4 Tune trials over a tiny frozen pool on the session cluster.
 
-Pool members are trained by `train_pool` (Ray Train) on tiny synthetic census data; the
-search (tune_spaces/tiny.yaml) fuses them with ASHA and registers the best model, which
-is then loaded the way Serve loads it and re-scored.
+Pool members are trained in-process on tiny synthetic census data and logged as
+`train_pool` logs them; the search (tune_spaces/tiny.yaml) fuses them with ASHA and
+registers the best model, which is then loaded the way Serve loads it and re-scored.
 """
 
 from __future__ import annotations
@@ -17,51 +17,26 @@ from emm_ray.data.prepare import DatasetConfig, prepare_dataset
 from emm_ray.data.streaming import load_split
 from emm_ray.serve.loading import load_registered
 from emm_ray.tracking.store import tag, tracking_client
-from emm_ray.train.pool import train_pool
-from emm_ray.train.pool_spec import PoolSpec
 from emm_ray.tune.runner import run_search
 from emm_ray.tune.space import load_tune_spec
 from emm_ray.tune.tracking import TRIAL_KIND
+from tests.tune.pool import log_tiny_pool
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = {"embed_dim": 4, "hidden": [16, 8]}
 
 
 @pytest.mark.ray
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_search_registers_the_best_fused_model(ray_cluster: None, tmp_path: Path) -> None:
     tracking_uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     prepared = prepare_dataset(DatasetConfig(rows=4000, seed=0), tmp_path / "data")
-    pool_spec = PoolSpec.model_validate(
-        {
-            "name": "tiny",
-            "train": {"epochs": 2, "batch_size": 512, "patience": None},
-            "resources": {"cpu": 0.5},
-            "members": [
-                {"name": "mlp_income", "architecture": "mlp", "task": "income", "hparams": SMALL},
-                {
-                    "name": "mlp_income_b",
-                    "architecture": "mlp",
-                    "task": "income",
-                    "hparams": {**SMALL, "hidden": [8, 8]},
-                },
-                {
-                    "name": "mlp_married",
-                    "architecture": "mlp",
-                    "task": "never_married",
-                    "hparams": SMALL,
-                },
-            ],
-        }
-    )
-    pool = train_pool(pool_spec, prepared, storage_path=tmp_path / "ray", tracking_uri=tracking_uri)
-    assert not pool.failed, pool.table()
+    pool_runs = log_tiny_pool(prepared, tracking_uri)
     spec = load_tune_spec(REPO / "tune_spaces" / "tiny.yaml")
 
     outcome = run_search(
         spec,
         data_dir=prepared.path,
-        pool_runs=pool.run_ids(),
+        pool_runs=pool_runs,
         model_name="emm-tiny",
         storage_path=tmp_path / "ray",
         tracking_uri=tracking_uri,
@@ -96,4 +71,4 @@ def test_search_registers_the_best_fused_model(ray_cluster: None, tmp_path: Path
     probabilities = servable.predict_proba(validation.sparse.numpy(), validation.dense.numpy())
     aucs = [roc_auc_score(validation.labels[:, i].numpy(), probabilities[:, i]) for i in range(2)]
     assert np.mean(aucs) == pytest.approx(best.val_auc, abs=1e-6), "registered = best weights"
-    assert set(servable.module.member_names) <= set(pool.run_ids())
+    assert set(servable.module.member_names) <= set(pool_runs)
