@@ -69,6 +69,7 @@ def deploy(
     host: str = "127.0.0.1",
     port: int = 8000,
     num_replicas: int = 1,
+    num_cpus: float = 1.0,
 ) -> str:
     """Run the application on the connected Ray cluster; returns its base URL.
 
@@ -78,7 +79,9 @@ def deploy(
     from ray.serve.context import _get_global_client
 
     serve.start(http_options={"host": host, "port": port})
-    application = EmmPredictor.options(num_replicas=num_replicas).bind(
+    application = EmmPredictor.options(
+        num_replicas=num_replicas, ray_actor_options={"num_cpus": num_cpus}
+    ).bind(
         settings.model_copy(update={"tracking_uri": settings.resolved_tracking_uri()})
     )
     serve.run(application, name=name, route_prefix=route_prefix)

@@ -2,8 +2,10 @@
 
 One small pool (three members, one epoch) is trained once for the module on synthetic
 census data; then: fusion of two members on Ray Train with Ray Data streaming, a rerun
-that reuses the finished run, plug-and-play of the third member, two baselines, and the
-evaluation pipeline on the test split and on a raw census file it never saw.
+that reuses the finished run, plug-and-play of the third member, a baseline, and the
+evaluation pipeline on the test split and on a raw census file it never saw. About two
+minutes on an idle 2-core machine (six Ray Train runs); the first test's timeout covers
+the module's set-up.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ def stages(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Stage
     return Stages(prepared, tracking_uri, root, spec, fused, again, plugged, report.run_ids())
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1200)
 def test_fusion_runs_on_ray_train_and_logs_one_self_describing_artifact(stages: Stages) -> None:
     fused = stages.fused
     assert fused.status == "trained" and fused.outcome is not None
@@ -174,11 +176,8 @@ def test_baselines_and_evaluation_report_every_model_on_the_same_rows(
     spec = BaselineSpec.model_validate(
         {
             "experiment": "fuse-test-baselines",
-            "names": ["mmoe", "esmm"],
-            "hparams": {
-                "mmoe": {"embed_dim": 4, "experts": 2, "expert_hidden": [8], "tower": [4]},
-                "esmm": {"embed_dim": 4, "tower": [8]},
-            },
+            "names": ["mmoe"],
+            "hparams": {"mmoe": {"embed_dim": 4, "experts": 2, "expert_hidden": [8], "tower": [4]}},
             "train": EPOCH,
             "resources": {"cpu": 0.5},
         }
@@ -186,7 +185,7 @@ def test_baselines_and_evaluation_report_every_model_on_the_same_rows(
     runs = train_baselines(
         spec, stages.prepared, storage_path=stages.storage / "ray", tracking_uri=stages.tracking_uri
     )
-    assert [(r.name, r.status) for r in runs] == [("mmoe", "trained"), ("esmm", "trained")]
+    assert [(r.name, r.status) for r in runs] == [("mmoe", "trained")]
     client = MlflowClient(stages.tracking_uri)
     schema = stages.prepared.schema
     fingerprint = str(stages.prepared.split_info["config_hash"])
@@ -210,8 +209,6 @@ def test_baselines_and_evaluation_report_every_model_on_the_same_rows(
         ("wide_married", "pool", "never_married"),
         ("mmoe", "baseline", "income"),
         ("mmoe", "baseline", "never_married"),
-        ("esmm", "baseline", "income"),
-        ("esmm", "baseline", "never_married"),
     }
     assert all(r.rows == test_rows and r.auc is not None for r in rows)
     assert (tmp_path / "report" / "gates" / "gates.png").is_file()

@@ -15,7 +15,7 @@ from emm_ray.train.ray_job import RESUME_FILE, TrainJob, WorkerResources, run_tr
 pytestmark = [pytest.mark.ray]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_streamed_training_scores_the_whole_validation_split(
     ray_cluster: None, tmp_path: Path
 ) -> None:
