@@ -111,7 +111,7 @@ class PreparedDataset:
 
     @classmethod
     def load(cls, path: str | Path) -> PreparedDataset:
-        path = Path(path)
+        path = Path(path).absolute()  # Ray workers run elsewhere: they need absolute paths
         if not (path / SPLIT_FILE).is_file():
             raise DataError(f"not a prepared dataset (no {SPLIT_FILE}); run prepare first", path)
         info = json.loads((path / SPLIT_FILE).read_text())
@@ -142,7 +142,7 @@ def prepare_dataset(
     config: DatasetConfig, output_dir: str | Path, *, overwrite: bool = False
 ) -> PreparedDataset:
     """Prepare `config`'s data into `output_dir`, or reuse it if already prepared so."""
-    output_dir = Path(output_dir)
+    output_dir = Path(output_dir).absolute()
     files = config.raw_files()
     checksums = {role: _sha256(path) for role, path in files.items()}
     config_hash = _config_hash(config, files, checksums)

@@ -306,7 +306,7 @@ class SyntheticGenerator:
 
     def _raw_latent(self, sparse: np.ndarray, dense: np.ndarray) -> np.ndarray:
         rows = sparse % self._effect_buckets + self._effect_offsets
-        z = self._effects[rows].sum(axis=1, dtype=np.float64)
+        z = np.take(self._effects, rows.T, axis=0).sum(axis=0).astype(np.float64)
         standard = (self._visible(dense) - self._dense_mean) / self._dense_std
         return z + standard @ self._dense_weights
 

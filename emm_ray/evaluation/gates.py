@@ -4,7 +4,8 @@ For every level, task and gate (`task`: own components; `fusion`: other tasks'
 components, or tasks in the reference variant; `plugin`: members added later) and every
 candidate: the mean weight it received over the scored rows (0 in rows where it was not
 selected) and the fraction of rows that selected it. Written as `gates.json`, a
-markdown table `gates.md`, and a heatmap `gates.png` (one panel per gate kind).
+markdown table `gates.md`, and a heatmap `gates.png` (one panel per gate kind), drawn on
+matplotlib's Agg canvas directly (no pyplot, no global backend state, safe in workers).
 """
 
 from __future__ import annotations

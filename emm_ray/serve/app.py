@@ -33,7 +33,7 @@ def _records(batch: list[EncodedRecords]) -> int:
     return sum(len(item) for item in batch)
 
 
-@serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 1})
+@serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
 @serve.ingress()
 class EmmPredictor:
     """One replica: a registered model behind `POST /predict` and `GET /healthz`."""
@@ -47,6 +47,7 @@ class EmmPredictor:
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self.servable, self.description, self.settings, self.forward)
 
+    # The limits given here are replaced per replica from `ServeSettings` in `__init__`.
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005, batch_size_fn=_records)
     async def forward(self, batch: list[EncodedRecords]) -> list[np.ndarray]:
         """Score the records of several requests in one model call; split per request."""
@@ -81,9 +82,7 @@ def deploy(
     serve.start(http_options={"host": host, "port": port})
     application = EmmPredictor.options(
         num_replicas=num_replicas, ray_actor_options={"num_cpus": num_cpus}
-    ).bind(
-        settings.model_copy(update={"tracking_uri": settings.resolved_tracking_uri()})
-    )
+    ).bind(settings.model_copy(update={"tracking_uri": settings.resolved_tracking_uri()}))
     serve.run(application, name=name, route_prefix=route_prefix)
     proxy = _get_global_client().http_config
     return f"http://{proxy.host}:{proxy.port}{route_prefix.rstrip('/')}"

@@ -14,6 +14,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+METRIC_TAG = "metric."
+
 
 def register_artifact(
     client: MlflowClient,
@@ -32,7 +34,7 @@ def register_artifact(
     except MlflowException:
         client.create_registered_model(name)
     metrics = dict(metrics or {})
-    all_tags = {**{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}, **(tags or {})}
+    all_tags = {**{METRIC_TAG + k: repr(float(v)) for k, v in metrics.items()}, **(tags or {})}
     summary = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
     version = client.create_model_version(
         name,

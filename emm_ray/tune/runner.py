@@ -6,26 +6,34 @@ the weak ones after `grace_period` epochs. Every trial is an MLflow run (`TrialR
 the completed trial with the best mean validation AUC gets its fused model artifact
 attached to its run and registered in the MLflow Model Registry, tagged with its
 metrics and options. The pool itself is never trained: it enters every trial frozen.
+
+A search is identified by a digest of the spec, the pool's runs and the data; the
+registered version carries it, so rerunning the same search returns that version
+instead of searching again (`force=True` searches anyway).
 """
 
 from __future__ import annotations
 
+import ast
 import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune import Result
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from emm_ray.data.prepare import PreparedDataset
 from emm_ray.errors import EmmError
-from emm_ray.tracking.store import resolve_tracking_uri, tag, tracking_client
-from emm_ray.tune.registry import register_artifact
+from emm_ray.tracking.store import resolve_tracking_uri, spec_digest, tag, tracking_client
+from emm_ray.tune.registry import METRIC_TAG, register_artifact
 from emm_ray.tune.space import TuneSpec
 from emm_ray.tune.tracking import MODEL_SAVED, TrialRuns, trial_run_id
 from emm_ray.tune.trial import METRIC, SearchContext, fusion_trial, load_pool
@@ -33,6 +41,7 @@ from emm_ray.tune.trial import METRIC, SearchContext, fusion_trial, load_pool
 logger = logging.getLogger(__name__)
 
 MODEL_ARTIFACT_PATH = "model"
+OPTION_TAG = "option."
 
 
 @dataclass(frozen=True)
@@ -48,15 +57,16 @@ class TrialSummary:
 
 @dataclass(frozen=True)
 class SearchOutcome:
-    """The registered best model and what the search saw."""
+    """The registered best model and what the search saw (no trials when `skipped`)."""
 
     model_name: str
     version: str
     run_id: str
     best_config: dict[str, Any]
     best_metrics: dict[str, float]
-    trials: list[TrialSummary]
-    wall_seconds: float
+    status: Literal["searched", "skipped"]
+    trials: list[TrialSummary] = field(default_factory=list)
+    wall_seconds: float = 0.0
 
     @property
     def model_uri(self) -> str:
@@ -73,6 +83,7 @@ def run_search(
     tracking_uri: str | None = None,
     experiment: str = "emm-tune",
     alias: str | None = "champion",
+    force: bool = False,
 ) -> SearchOutcome:
     """Run the search on the connected Ray cluster and register its best fused model.
 
@@ -81,10 +92,24 @@ def run_search(
     """
     started = time.perf_counter()
     tracking_uri = resolve_tracking_uri(tracking_uri)
+    client = tracking_client(tracking_uri)
+    prepared = PreparedDataset.load(data_dir)
+    digest = spec_digest(
+        {
+            "spec": spec.model_dump(mode="json"),
+            "pool": dict(sorted(pool_runs.items())),
+            "data": prepared.split_info["config_hash"],
+        }
+    )
+    previous = None if force else _registered_search(client, model_name, digest)
+    if previous is not None:
+        logger.info("search %s already registered as %s/%s", digest, model_name, previous.version)
+        return _outcome_from_registry(previous)
+
     search_id = uuid.uuid4().hex[:8]
     context = SearchContext(
-        data_dir=str(Path(data_dir).resolve()),
-        pool=load_pool(pool_runs, data_dir, tracking_uri),
+        data_dir=str(prepared.path.resolve()),
+        pool=load_pool(pool_runs, prepared.path, tracking_uri),
         trial=spec.trial,
         epochs=spec.asha.max_t,
         storage_path=str(Path(storage_path).resolve() / "trials"),
@@ -114,15 +139,13 @@ def run_search(
             verbose=1,
         ),
     )
-    grid = tuner.fit()
-    results = list(grid)
+    results = list(tuner.fit())
     completed = [r for r in results if r.error is None and r.metrics.get(MODEL_SAVED)]
     if not completed:
         errors = "; ".join(str(r.error) for r in results if r.error is not None)
         raise EmmError(f"no trial of search {search_id} completed: {errors or 'all stopped'}")
     best = max(completed, key=lambda r: r.metrics[METRIC])
 
-    client = tracking_client(tracking_uri)
     run_id = trial_run_id(client, experiment, search_id, best.metrics["trial_id"])
     assert best.checkpoint is not None
     with best.checkpoint.as_directory() as directory:
@@ -134,13 +157,17 @@ def run_search(
         run_id,
         MODEL_ARTIFACT_PATH,
         metrics=metrics,
-        tags={tag("search"): search_id, **{f"option.{k}": str(v) for k, v in best.config.items()}},
+        tags={
+            tag("search"): search_id,
+            tag("search_digest"): digest,
+            **{OPTION_TAG + k: repr(v) for k, v in best.config.items()},
+        },
         description=f"best of {len(results)} Tune trials (search {search_id}) over a frozen pool",
         alias=alias,
     )
     client.set_tag(run_id, tag("registered"), f"{model_name}/{version.version}")
     logger.info(
-        "registered %s version %s (val AUC %.4f)", model_name, version.version, best.metrics[METRIC]
+        "registered %s version %s (val AUC %.4f)", model_name, version.version, metrics[METRIC]
     )
     return SearchOutcome(
         model_name=model_name,
@@ -148,20 +175,46 @@ def run_search(
         run_id=run_id,
         best_config=dict(best.config),
         best_metrics=metrics,
+        status="searched",
         trials=[_summary(r) for r in results],
         wall_seconds=time.perf_counter() - started,
     )
 
 
+def _registered_search(client: MlflowClient, model_name: str, digest: str) -> ModelVersion | None:
+    """The newest version of `model_name` registered by the search with this digest."""
+    versions = client.search_model_versions(
+        f"name = '{model_name}' and tags.`{tag('search_digest')}` = '{digest}'"
+    )
+    return max(versions, key=lambda v: int(v.version), default=None)
+
+
+def _outcome_from_registry(version: ModelVersion) -> SearchOutcome:
+    return SearchOutcome(
+        model_name=version.name,
+        version=str(version.version),
+        run_id=str(version.run_id),
+        best_config={
+            k.removeprefix(OPTION_TAG): ast.literal_eval(v)
+            for k, v in version.tags.items()
+            if k.startswith(OPTION_TAG)
+        },
+        best_metrics={
+            k.removeprefix(METRIC_TAG): float(v)
+            for k, v in version.tags.items()
+            if k.startswith(METRIC_TAG)
+        },
+        status="skipped",
+    )
+
+
 def _summary(result: Result) -> TrialSummary:
     metrics = result.metrics or {}
-    outcome = (
-        "failed" if result.error else "completed" if metrics.get(MODEL_SAVED) else "stopped_early"
-    )
+    saved = metrics.get(MODEL_SAVED)
     return TrialSummary(
         trial_id=str(metrics.get("trial_id", "")),
         config=dict(result.config or {}),
         val_auc=metrics.get(METRIC),
         epochs=int(metrics.get("epochs_run", metrics.get("epoch", 0))),
-        outcome=outcome,
+        outcome="failed" if result.error else "completed" if saved else "stopped_early",
     )

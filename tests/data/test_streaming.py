@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,21 @@ from emm_ray.errors import DataError
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> PreparedDataset:
-    config = DatasetConfig(rows=3_001, rows_per_shard=700)  # 2,396 train rows in 4 shards
-    return prepare_dataset(config, tmp_path_factory.mktemp("streaming") / "census-synthetic")
+def prepared(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> PreparedDataset:
+    """Real census rows: a 2,400-row train file (all of it is the train split, in 4 shards)
+    and a 600-row test file cut 1:1 into validation and test."""
+    root = tmp_path_factory.mktemp("streaming")
+    with gzip.open(data_dir / "census-income/census-income.data.gz", "rt") as handle:
+        lines = [next(handle) for _ in range(3_000)]
+    (root / "census.data").write_text("".join(lines[:2_400]))
+    (root / "census.test").write_text("".join(lines[2_400:]))
+    config = DatasetConfig(
+        source="real",
+        train_path=root / "census.data",
+        test_path=root / "census.test",
+        rows_per_shard=700,
+    )
+    return prepare_dataset(config, root / "census")
 
 
 def test_load_split_reads_a_whole_split_as_one_batch(prepared: PreparedDataset) -> None:
@@ -73,10 +86,7 @@ def test_two_train_workers_see_every_row_exactly_once_per_epoch(
     prepared: PreparedDataset, ray_cluster, tmp_path: Path
 ) -> None:
     rows = prepared.num_rows("train")
-    assert rows % 2 == 0, (
-        "choose `rows` so the train split divides evenly between the 2 workers: Ray Train "
-        "splits datasets with equal=True and drops the remainder (up to workers - 1 rows)"
-    )
+    assert rows == 2_400  # even: Ray Train's equal split would drop an odd row out
     audits = audit_split(
         prepared.path, "train", storage_path=tmp_path / "ray", num_workers=2, epochs=2
     )

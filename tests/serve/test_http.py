@@ -54,12 +54,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _request(url: str, body: bytes | None = None) -> tuple[int, Any]:
+def _request(url: str, body: bytes | None = None, timeout_s: float = 60) -> tuple[int, Any]:
     request = urllib.request.Request(
         url, data=body, headers={"Content-Type": "application/json"} if body else {}
     )
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
@@ -93,9 +93,9 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float) 
         if process.poll() is not None:
             raise RuntimeError(f"serve run exited with {process.returncode}")
         try:
-            if _request(url + "/healthz")[0] == 200:
+            if _request(url + "/healthz", timeout_s=5)[0] == 200:
                 return
-        except (urllib.error.URLError, ConnectionError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError):  # not listening yet, or still starting
             pass
         time.sleep(1)
     raise TimeoutError(f"{url}/healthz not ready after {timeout_s} s")
@@ -130,7 +130,7 @@ def service(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, process, timeout_s=150)
+        _wait_healthy(url, process, timeout_s=180)
         _wait_healthy(url + "/strict", process, timeout_s=30)
         yield Service(url, url + "/strict", model, member)
     finally:

@@ -42,7 +42,7 @@ def test_search_registers_the_best_fused_model(ray_cluster: None, tmp_path: Path
         tracking_uri=tracking_uri,
     )
 
-    assert len(outcome.trials) == spec.num_samples
+    assert outcome.status == "searched" and len(outcome.trials) == spec.num_samples
     completed = [t for t in outcome.trials if t.outcome == "completed"]
     assert completed, outcome.trials
     best = max(completed, key=lambda t: t.val_auc or 0.0)
@@ -72,3 +72,15 @@ def test_search_registers_the_best_fused_model(ray_cluster: None, tmp_path: Path
     aucs = [roc_auc_score(validation.labels[:, i].numpy(), probabilities[:, i]) for i in range(2)]
     assert np.mean(aucs) == pytest.approx(best.val_auc, abs=1e-6), "registered = best weights"
     assert set(servable.module.member_names) <= set(pool_runs)
+
+    again = run_search(
+        spec,
+        data_dir=prepared.path,
+        pool_runs=pool_runs,
+        model_name="emm-tiny",
+        storage_path=tmp_path / "ray",
+        tracking_uri=tracking_uri,
+    )
+    assert again.status == "skipped" and again.version == outcome.version
+    assert again.best_config == outcome.best_config
+    assert again.best_metrics == outcome.best_metrics
