@@ -11,10 +11,10 @@ for these records" over HTTP on the same Ray Serve instance:
 - per-member: one request to each single-task member's deployment (concurrently), the
   answer complete when the slowest returns.
 
-Both setups get the same logical CPUs (fused: 2 replicas x 1 CPU; per-member: one
-replica per member sharing 2 CPUs) and are measured one after the other with the same
-records, at each client concurrency: latency per complete answer (p50/p99) and
-throughput (records answered for all tasks per second). The table goes to
+Both setups run side by side on the same cluster (fused: 2 replicas; per-member: one
+replica per member; every replica one torch thread) and are measured in interleaved
+rounds with the same records, at each client concurrency: latency per complete answer
+(p50/p99) and throughput (records answered for all tasks per second). The table goes to
 `benchmarks/results/serving.md`.
 """
 
@@ -62,6 +62,18 @@ class Measurement:
     latencies_ms: list[float]
     wall_s: float
 
+    def merged(self, other: Measurement) -> Measurement:
+        """This and another round of the same setup as one measurement."""
+        return Measurement(
+            self.setup,
+            self.requests_per_answer,
+            self.concurrency,
+            self.answers + other.answers,
+            self.records,
+            self.latencies_ms + other.latencies_ms,
+            self.wall_s + other.wall_s,
+        )
+
     @property
     def p50(self) -> float:
         return float(np.percentile(self.latencies_ms, 50))
@@ -83,6 +95,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=16, help="records per request")
     parser.add_argument("--answers", type=int, default=300, help="answers per measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per setup")
     parser.add_argument("--port", type=int, default=8431)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/serving.md")
@@ -103,36 +116,39 @@ def main() -> None:
     records = [raw.slice(i * args.records, args.records).to_pylist() for i in range(args.answers)]
     fused_model, _ = load_fused_run(tracking_client(tracking_uri), models["fused_run"])
 
-    results: list[Measurement] = []
+    members = models["members"]
+    share = 1.0 / (2 + len(members))  # both setups on the cluster at once, equal shares
     fused_url = deploy(
         parse_settings({"model_uri": models["fused"], "tracking_uri": tracking_uri}),
         name="bench-fused",
         route_prefix="/fused",
         port=args.port,
         num_replicas=2,
-        num_cpus=1.0,
+        num_cpus=share,
     )
-    check_fused_answers(fused_url, fused_model, prepared, records[0])
-    for concurrency in args.concurrency:
-        results.append(asyncio.run(measure("fused", [fused_url], records, concurrency)))
-    delete_apps(["bench-fused"])
-
-    members = models["members"]
     member_urls = [
         deploy(
             parse_settings({"model_uri": uri, "tracking_uri": tracking_uri}),
             name=f"bench-{name}",
             route_prefix=f"/{name}",
             port=args.port,
-            num_cpus=2.0 / len(members),
+            num_cpus=share,
         )
         for name, uri in members.items()
     ]
-    for concurrency in args.concurrency:
-        results.append(asyncio.run(measure("per-member", member_urls, records, concurrency)))
-    delete_apps([f"bench-{name}" for name in members])
+    check_fused_answers(fused_url, fused_model, prepared, records[0])
+    setups = {"fused": [fused_url], "per-member": member_urls}
+    results: dict[tuple[str, int], Measurement] = {}
+    for _ in range(args.rounds):  # interleaved rounds: load drift hits both setups alike
+        for concurrency in args.concurrency:
+            for setup, urls in setups.items():
+                measured = asyncio.run(measure(setup, urls, records, concurrency))
+                if (setup, concurrency) in results:
+                    measured = results[setup, concurrency].merged(measured)
+                results[setup, concurrency] = measured
+    delete_apps(["bench-fused", *(f"bench-{name}" for name in members)])
 
-    report = render(results, args, members, load_before, os.getloadavg())
+    report = render(list(results.values()), args, members, load_before, os.getloadavg())
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report)
     print(report)
@@ -263,7 +279,8 @@ def render(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, CPU-only torch "
         f"{torch.__version__}; pool `{args.pool.name}` ({len(members)} members: "
         f"{', '.join(members)}), {args.epochs} epochs, {args.records} records per request, "
-        f"{args.answers} answers per row. Load average before/after: "
+        f"{args.answers} answers x {args.rounds} interleaved rounds per row. "
+        f"Load average before/after: "
         f"{load_before[0]:.1f} / {load_after[0]:.1f} (the machine is shared).",
         "",
         "An *answer* is every task's probability for one request's records: one HTTP request "

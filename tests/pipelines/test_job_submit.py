@@ -1,0 +1,125 @@
+"""`ray start --head` + `ray job submit` of the whole pipeline, as a cluster user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path: Path) -> Iterator[str]:
+    """A `ray start --head` cluster of its own; stopped by signalling its process group,
+    since `ray stop` would also kill every other Ray on the machine."""
+    dashboard = _free_port()
+    head = subprocess.Popen(
+        [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            f"--port={_free_port()}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+        ],
+        stdout=(tmp_path / "head.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        _wait_for_jobs_api(address, head)
+        yield address
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
+def _wait_for_jobs_api(address: str, head: subprocess.Popen, timeout_s: float = 120) -> None:
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            pytest.fail(f"ray start --head exited with {head.returncode}")
+        try:
+            JobSubmissionClient(address).list_jobs()
+            return
+        except Exception:  # noqa: BLE001 - the dashboard is still starting
+            time.sleep(1)
+    pytest.fail(f"Ray jobs API at {address} not up after {timeout_s} s")
+
+
+@pytest.mark.timeout(900)
+def test_job_submit_runs_the_pipeline_to_a_report(ray_head: str, tmp_path: Path) -> None:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    output = tmp_path / "report"
+    runtime_env = {
+        "env_vars": {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
+            "EMM_DATA_DIR": str(REPO_ROOT.parent / "shared" / "data"),
+        }
+    }
+    submission_id = f"emm-test-{os.getpid()}"
+    submitted = subprocess.run(
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            ray_head,
+            "--submission-id",
+            submission_id,
+            "--working-dir",
+            str(REPO_ROOT),
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            "python",
+            "pipelines/full.py",
+            "--config",
+            "configs/smoke.yaml",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=840,
+    )
+    status = JobSubmissionClient(ray_head).get_job_status(submission_id)
+    assert status == JobStatus.SUCCEEDED, submitted.stdout[-4000:] + submitted.stderr[-2000:]
+
+    rows = json.loads((output / "report.json").read_text())
+    kinds = {row["kind"] for row in rows}
+    assert kinds == {"fused", "pool", "baseline"}
+    assert {row["task"] for row in rows} == {"income", "never_married"}
+    fused = [r for r in rows if r["kind"] == "fused"]
+    assert all(0.5 < r["auc"] <= 1.0 for r in fused)
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["model_uri"] == "models:/emm-smoke@champion"
+    assert "stage fuse done" in submitted.stdout
