@@ -211,8 +211,11 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for every run")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     prepared = prepared_census(args.data)
     schema = prepared.schema
