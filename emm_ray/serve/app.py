@@ -71,6 +71,7 @@ def deploy(
     port: int = 8000,
     num_replicas: int = 1,
     num_cpus: float = 1.0,
+    access_log: bool = True,
 ) -> str:
     """Run the application on the connected Ray cluster; returns its base URL.
 
@@ -81,7 +82,9 @@ def deploy(
 
     serve.start(http_options={"host": host, "port": port})
     application = EmmPredictor.options(
-        num_replicas=num_replicas, ray_actor_options={"num_cpus": num_cpus}
+        num_replicas=num_replicas,
+        ray_actor_options={"num_cpus": num_cpus},
+        logging_config={"enable_access_log": access_log},
     ).bind(settings.model_copy(update={"tracking_uri": settings.resolved_tracking_uri()}))
     serve.run(application, name=name, route_prefix=route_prefix)
     proxy = _get_global_client().http_config

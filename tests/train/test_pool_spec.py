@@ -22,9 +22,16 @@ def write(tmp_path: Path, members: list[dict], **top: object) -> Path:
 
 
 def test_shipped_pool_configs_load() -> None:
-    for path in sorted((REPO / "configs" / "pools").glob("*.yaml")):
-        spec = load_pool_spec(path)
-        assert len({m.architecture for m in spec.members}) >= 3, path
+    paths = sorted((REPO / "configs" / "pools").glob("*.yaml"))
+    assert {p.name for p in paths} >= {"census_small.yaml", "census_full.yaml"}
+    for path in paths:
+        assert load_pool_spec(path).members, path
+
+
+def test_default_pool_is_heterogeneous_over_both_census_tasks() -> None:
+    spec = load_pool_spec(REPO / "configs" / "pools" / "census_small.yaml")
+    assert len({m.architecture for m in spec.members}) >= 3
+    assert {m.task for m in spec.members} == {"income", "never_married"}
 
 
 def test_full_pool_covers_every_architecture_on_both_census_tasks() -> None:
