@@ -7,7 +7,6 @@ not know about.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -16,8 +15,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from emm_ray.config import StrictModel
 from emm_ray.errors import ConfigError
+from emm_ray.tracking.store import resolve_tracking_uri
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
 
@@ -27,7 +26,7 @@ class ServeSettings(StrictModel):
     model_uri: str = Field(description="models:/<name>/<version> or models:/<name>@<alias>")
     tracking_uri: str | None = Field(
         default=None,
-        description="MLflow tracking URI; MLFLOW_TRACKING_URI, then sqlite:///mlruns.db",
+        description="MLflow tracking URI; default MLFLOW_TRACKING_URI, else ./mlruns.db",
     )
     max_batch_size: int = Field(default=256, ge=1, description="records per model forward")
     batch_wait_timeout_s: float = Field(default=0.005, ge=0.0)
@@ -55,19 +54,13 @@ class ServeSettings(StrictModel):
             )
         return self
 
-    @property
-    def model_name(self) -> str:
-        match = MODEL_URI.match(self.model_uri)
-        assert match is not None
-        return match["name"]
-
     def resolved_tracking_uri(self) -> str:
         """The tracking URI with a relative sqlite path made absolute.
 
         Replicas run in Ray's worker directory, not where `serve run` was typed, so a
         relative `sqlite:///mlruns.db` must be pinned to the caller's directory first.
         """
-        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+        uri = resolve_tracking_uri(self.tracking_uri)
         prefix = "sqlite:///"
         if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
             uri = prefix + str(Path(uri[len(prefix) :]).resolve())
