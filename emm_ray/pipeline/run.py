@@ -27,7 +27,7 @@ from emm_ray.pipeline.serving_check import ServingCheck, check_deployment
 from emm_ray.serve.app import deploy
 from emm_ray.serve.loading import load_registered
 from emm_ray.serve.settings import ServeSettings
-from emm_ray.tracking.store import resolve_tracking_uri, spec_digest, tag, tracking_client
+from emm_ray.tracking.store import resolve_tracking_uri, tracking_client
 from emm_ray.train.pool import PoolReport, train_pool
 from emm_ray.tune.registry import register_artifact
 from emm_ray.tune.runner import MODEL_ARTIFACT_PATH, SearchOutcome, run_search
@@ -35,7 +35,6 @@ from emm_ray.tune.runner import MODEL_ARTIFACT_PATH, SearchOutcome, run_search
 logger = logging.getLogger(__name__)
 
 ALIAS = "champion"
-SEARCH_DIGEST_TAG = tag("search_digest")
 SERVING_CHECK_ROWS = 32
 
 T = TypeVar("T")
@@ -174,33 +173,18 @@ class Pipeline:
     def _tune(self) -> str:
         prepared = self._require(self.prepared, "tune", "prepare")
         pool = self._require(self.pool, "tune", "pool")
-        spec = self.config.tune_spec()
-        pool_runs = pool.run_ids()
-        digest = spec_digest(
-            {
-                "search": spec.model_dump(mode="json"),
-                "pool": pool_runs,
-                "data": prepared.split_info["config_hash"],
-            }
-        )
-        client = tracking_client()
-        if not self.force:
-            for version in client.search_model_versions(f"name='{self.config.model_name}'"):
-                if version.tags.get(SEARCH_DIGEST_TAG) == digest:
-                    self._adopt_search(version.run_id, client)
-                    return f"reused search registered as version {version.version}"
         self.search = run_search(
-            spec,
+            self.config.tune_spec(),
             data_dir=prepared.path,
-            pool_runs=pool_runs,
+            pool_runs=pool.run_ids(),
             model_name=self.config.model_name,
             storage_path=self.storage,
             alias=None,
+            force=self.force,
         )
-        client.set_model_version_tag(
-            self.config.model_name, self.search.version, SEARCH_DIGEST_TAG, digest
-        )
-        self._adopt_search(self.search.run_id, client)
+        self._adopt_search(self.search.run_id, tracking_client())
+        if self.search.status == "skipped":
+            return f"reused the search registered as version {self.search.version}"
         completed = sum(t.outcome == "completed" for t in self.search.trials)
         return (
             f"{len(self.search.trials)} trials ({completed} completed), best val AUC "
