@@ -2,7 +2,7 @@
 
 Every adapter turns a raw file into validated *raw tables* in its `DatasetLayout`
 (sparse as strings, dense as float64, one 0/1 int8 column per task), streamed in
-blocks so a file never has to fit in memory twice.
+blocks of a few MB so `prepare` never holds a whole file in memory.
 """
 
 from __future__ import annotations
