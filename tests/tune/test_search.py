@@ -70,7 +70,9 @@ def test_search_registers_the_best_fused_model(ray_cluster: None, tmp_path: Path
     validation = load_split(prepared.path, "validation")
     probabilities = servable.predict_proba(validation.sparse.numpy(), validation.dense.numpy())
     aucs = [roc_auc_score(validation.labels[:, i].numpy(), probabilities[:, i]) for i in range(2)]
-    assert np.mean(aucs) == pytest.approx(best.val_auc, abs=1e-6), "registered = best weights"
+    # 1e-4: serving scores float64 probabilities, the loop float32 logits; tied scores can
+    # order differently (seen: 6e-6), while another trial's weights differ by far more.
+    assert np.mean(aucs) == pytest.approx(best.val_auc, abs=1e-4), "registered = best weights"
     assert set(servable.module.member_names) <= set(pool_runs)
 
     again = run_search(
