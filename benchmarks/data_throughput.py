@@ -264,6 +264,9 @@ def render(
         "",
         "## Prepare (generate, split, fit on train, encode, write parquet; streaming)",
         "",
+        "Memory here is this process alone (Ray is not started yet). With a kept `--workdir`, "
+        "these are the timings recorded when the data was first prepared.",
+        "",
         "| rows | seconds | rows/s | peak memory (MiB) |",
         "| ---: | ---: | ---: | ---: |",
     ]
