@@ -30,6 +30,11 @@ class FusionConfig(StrictModel):
       fused state (so at initialisation every member runs exactly as trained, and fusion
       only adds to it); `fused` gives it only the adapted fused state (the reference).
     - `top_k`: other-task components the fusion gate keeps per task and level.
+    - `prediction`: `pool_residual` adds each task's tower output to the mean logit of
+      the task's own pool members (computed by the frozen members end to end) and
+      zero-initialises the tower's last layer, so the untrained fused model predicts
+      exactly the pool's ensemble and fusion learns a correction; `tower` predicts from
+      the tower alone (the reference).
     """
 
     variant: Literal["emm", "reference"] = "emm"
@@ -43,6 +48,7 @@ class FusionConfig(StrictModel):
     fresh_embedding_dim: PositiveInt = 16
     component_input: Literal["residual", "fused"] = "residual"
     tower_hidden: tuple[PositiveInt, ...] = (64,)
+    prediction: Literal["pool_residual", "tower"] = "pool_residual"
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> FusionConfig:

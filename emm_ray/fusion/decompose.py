@@ -66,10 +66,10 @@ class PoolMember:
         }
 
 
-def source_digest(model: DecomposableModel, with_embedding: bool) -> str:
-    """Digest of a trained member's embedding (optionally) and blocks, as it was trained."""
-    embedding = list(model.embedding.parameters()) if with_embedding else []
-    return tensor_digest([*embedding, *(p for b in model.blocks for p in b.parameters())])
+def source_digest(model: DecomposableModel) -> str:
+    """Digest of a trained member's embedding, blocks and tower, as it was trained."""
+    blocks = [p for block in model.blocks for p in block.parameters()]
+    return tensor_digest([*model.embedding.parameters(), *blocks, *model.tower.parameters()])
 
 
 def group_sizes(num_blocks: int, levels: int) -> list[int]:
@@ -137,8 +137,9 @@ def width_adapter(in_width: int, out_width: int) -> nn.Module:
 class AlignedMember(nn.Module):
     """One pool member cut into L frozen level components, with its trainable adapters.
 
-    `fresh_width` is the width of the shared fresh embedding (`None` reuses the member's
-    own embedding, frozen).
+    `fresh_width` is the width of the shared fresh embedding that feeds level 0 (`None`:
+    the member's own frozen embedding does). The member's embedding and tower are kept,
+    frozen, in both cases: they compute the member's own prediction (`native_logit`).
     """
 
     def __init__(
@@ -155,7 +156,8 @@ class AlignedMember(nn.Module):
         self.task = member.task
         self.architecture = member.architecture
         self.input_mode = component_input
-        self.embedding = None if fresh_width is not None else Frozen(decomposition.embedding)
+        self.embedding = Frozen(decomposition.embedding)
+        self.tower = Frozen(decomposition.tower)
         self.embedding_width: int = decomposition.embedding.out_width
         blocks = list(decomposition.blocks)
         bounds = torch.tensor([0, *group_sizes(len(blocks), levels)]).cumsum(0).tolist()
@@ -180,15 +182,22 @@ class AlignedMember(nn.Module):
         )
 
     def frozen_digest(self) -> str:
-        """Digest of the frozen parameters this member contributes (see `source_digest`)."""
-        embedding = [] if self.embedding is None else list(self.embedding.parameters())
-        return tensor_digest([*embedding, *self.components.parameters()])
+        """Digest of the member's frozen parameters here (equal to `source_digest` of the
+        member as trained unless something changed them)."""
+        return tensor_digest(
+            [*self.embedding.parameters(), *self.components.parameters(), *self.tower.parameters()]
+        )
 
     def embed(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        """The member's own embedding of the inputs (pool-embedding mode only)."""
-        if self.embedding is None:
-            raise RuntimeError(f"member {self.name!r} uses the shared fresh embedding")
+        """The member's own (frozen) embedding of the inputs."""
         return self.embedding(sparse, dense)
+
+    def native_logit(self, embedded: torch.Tensor) -> torch.Tensor:
+        """The member's own prediction, `[B]`: its frozen blocks and tower on its embedding."""
+        state = embedded
+        for component in self.components:
+            state = component(state)
+        return self.tower(state)
 
     def component_input(
         self, level: int, previous: torch.Tensor, fused: torch.Tensor | None

@@ -10,7 +10,9 @@ Level by level: every member's component runs on its input (see `decompose`), it
 becomes a d_model token; each task's AKF module mixes its own tokens and fuses the
 selected other-task tokens into the task's fused state; plug-ins (members added later)
 add their zero-initialised updates; the fused state feeds the next level's components
-and, after the last level, the task's tower.
+and, after the last level, the task's tower. With `prediction: pool_residual` the
+tower (last layer zero-initialised) adds to the mean logit of the task's own members,
+so fusion starts from the pool's ensemble and learns only a correction.
 """
 
 from __future__ import annotations
@@ -46,14 +48,17 @@ class FreshEmbedding(nn.Module):
 class Tower(nn.Module):
     """A task's prediction head on its final fused state: an MLP to one logit."""
 
-    def __init__(self, d_model: int, hidden: Sequence[int]) -> None:
+    def __init__(self, d_model: int, hidden: Sequence[int], zero_output: bool) -> None:
         super().__init__()
         widths = [d_model, *hidden]
         layers: list[nn.Module] = []
         for a, b in zip(widths, widths[1:], strict=False):
             layers += [nn.Linear(a, b), nn.ReLU()]
-        layers.append(nn.Linear(widths[-1], 1))
-        self.mlp = nn.Sequential(*layers)
+        output = nn.Linear(widths[-1], 1)
+        if zero_output:
+            nn.init.zeros_(output.weight)
+            nn.init.zeros_(output.bias)
+        self.mlp = nn.Sequential(*layers, output)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         return self.mlp(state).squeeze(-1)
@@ -116,12 +121,14 @@ class EMMModel(nn.Module):
     ) -> tuple[torch.Tensor, list[GateRecord]]:
         """Logits and, with `trace`, what every gate did for these rows."""
         records: list[GateRecord] = []
+        own_embeddings: dict[int, torch.Tensor] = {}
         if self.fresh_embedding is not None:
             shared = self.fresh_embedding(sparse, dense)
             previous = [shared] * len(self.members)
             contexts = [shared] * len(self.task_names)
         else:
             previous = [m.embed(sparse, dense) for m in self.members]
+            own_embeddings = dict(enumerate(previous))
             contexts = [
                 torch.cat([previous[i] for i in own], dim=1) if len(own) > 1 else previous[own[0]]
                 for own in self.context_members
@@ -166,7 +173,25 @@ class EMMModel(nn.Module):
         logits = torch.stack(
             [tower(state) for tower, state in zip(self.towers, fused, strict=True)], 1
         )
+        if self.config.prediction == "pool_residual":
+            logits = logits + self._pool_logits(sparse, dense, own_embeddings)
         return logits, records
+
+    def _pool_logits(
+        self, sparse: torch.Tensor, dense: torch.Tensor, embedded: dict[int, torch.Tensor]
+    ) -> torch.Tensor:
+        """`[B, T]`: per task, the mean logit of its founding members, each run end to end
+        frozen (the pool's own ensemble; members added later do not enter it)."""
+        columns = []
+        for own in self.context_members:
+            member_logits = [
+                self.members[i].native_logit(
+                    embedded[i] if i in embedded else self.members[i].embed(sparse, dense)
+                )
+                for i in own
+            ]
+            columns.append(torch.stack(member_logits, 1).mean(1))
+        return torch.stack(columns, 1)
 
     def add_members(self, members: Sequence[PoolMember]) -> None:
         """Plug-and-play: freeze everything that exists, then add `members` and their new parts.
@@ -234,7 +259,8 @@ class EMMModel(nn.Module):
             self.fusion[level].append(
                 task_fusion(self.config, self._context_width(level, task), own, candidates)
             )
-        self.towers.append(Tower(self.config.d_model, self.config.tower_hidden))
+        residual = self.config.prediction == "pool_residual"
+        self.towers.append(Tower(self.config.d_model, self.config.tower_hidden, residual))
 
     def _context_width(self, level: int, task: int) -> int:
         if level:

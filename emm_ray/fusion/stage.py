@@ -276,10 +276,9 @@ def verify_frozen(model: EMMModel, factory: FusedModelFactory, schema: FeatureSc
     """Raise unless training left everything frozen bit-identical: every member's frozen
     components (compared with the member as trained) and, for plug-and-play, every
     parameter of the base fused model."""
-    fresh = model.fresh_embedding is not None
     aligned = {m.name: m for m in model.members}
     for member in factory.members:
-        expected = source_digest(member.build(schema).model, with_embedding=not fresh)
+        expected = source_digest(member.build(schema).model)
         if aligned[member.name].frozen_digest() != expected:
             raise ArtifactIntegrityError(
                 f"pool member {member.name!r} changed during fusion: its frozen components "

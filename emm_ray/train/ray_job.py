@@ -22,7 +22,7 @@ import logging
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -127,8 +127,11 @@ def fit_resources(
     return resources.model_copy(update={"gpu": 0.0}), message
 
 
-def run_train_job(job: TrainJob) -> TrainOutcome:
-    """Train `job` on the connected Ray cluster; raises the worker's error if training fails."""
+def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
+    """Train `job` on the connected Ray cluster; raises the worker's error if training fails.
+
+    `callbacks` go to Train's `RunConfig`, e.g. Tune's `TuneReportCallback` inside a trial.
+    """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -156,6 +159,7 @@ def run_train_job(job: TrainJob) -> TrainOutcome:
             storage_path=job.storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=job.max_failures),
+            callbacks=list(callbacks),
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),

@@ -13,33 +13,20 @@ its checkpoint, in one last report marked `fused_model_saved`.
 
 from __future__ import annotations
 
-import io
 import tempfile
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from emm_ray.data.schema import FeatureSchema
-from emm_ray.data.streaming import read_split
 from emm_ray.fusion.artifact import save_fused_model
 from emm_ray.fusion.config import FusionConfig
 from emm_ray.fusion.stage import FusedModelFactory, MemberWeights, verify_frozen
 from emm_ray.tracking.store import tracking_client
 from emm_ray.train.loop import TrainConfig
 from emm_ray.train.members import load_member
-from emm_ray.train.ray_job import (
-    TrainJob,
-    TrainOutcome,
-    WorkerResources,
-    _train_worker,
-    cluster_gpus,
-    fit_resources,
-    resolve_data_mode,
-)
+from emm_ray.train.ray_job import TrainJob, WorkerResources, run_train_job
 from emm_ray.tune.space import FUSION_OPTIONS, TrialSettings
 from emm_ray.tune.tracking import MODEL_SAVED
 
@@ -85,57 +72,6 @@ def _member_auc(member: MemberWeights) -> float:
     return float(member.manifest.get("metrics", {}).get(METRIC, float("-inf")))
 
 
-def run_train_job_reporting_to_tune(job: TrainJob) -> TrainOutcome:
-    """`run_train_job`, with Train's per-epoch reports forwarded to the enclosing trial.
-
-    Adapter: `run_train_job` builds its own `RunConfig`, which has no place for the
-    `TuneReportCallback` that relays reports; this builds the same `TorchTrainer` with it.
-    """
-    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    resources, note = fit_resources(job.name, job.resources, cluster_gpus())
-    job = replace(job, resources=resources)
-    mode = resolve_data_mode(job)
-    datasets = None
-    if mode == "stream":
-        datasets = {s: read_split(job.data_dir, s) for s in ("train", "validation")}
-    per_worker = {"CPU": resources.cpu, **({"GPU": resources.gpu} if resources.gpu else {})}
-    trainer = TorchTrainer(
-        _train_worker,
-        train_loop_config={"job": job, "mode": mode},
-        scaling_config=ScalingConfig(
-            num_workers=resources.num_workers,
-            use_gpu=resources.gpu > 0,
-            resources_per_worker=per_worker,
-        ),
-        run_config=RunConfig(
-            name=job.name,
-            storage_path=job.storage_path,
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            callbacks=[TuneReportCallback()],
-        ),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
-    )
-    started = time.perf_counter()
-    result = trainer.fit()
-    returned: dict[str, Any] = result.return_value
-    return TrainOutcome(
-        name=job.name,
-        state_dict=torch.load(io.BytesIO(returned["state_dict"]), weights_only=True),
-        history=returned["history"],
-        best_epoch=returned["best_epoch"],
-        best_metrics=returned["history"][returned["best_epoch"] - 1],
-        stopped_early=returned["stopped_early"],
-        device=returned["device"],
-        wall_seconds=time.perf_counter() - started,
-        run_path=result.path,
-        notes=[note] if note else [],
-    )
-
-
 def fusion_trial(config: dict[str, Any], context: SearchContext) -> None:
     """Tune function: fuse with the sampled options, report per epoch, then save the model."""
     from ray import tune
@@ -163,7 +99,9 @@ def fusion_trial(config: dict[str, Any], context: SearchContext) -> None:
             num_workers=context.trial.num_workers, cpu=context.trial.cpus_per_worker
         ),
     )
-    outcome = run_train_job_reporting_to_tune(job)
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    outcome = run_train_job(job, callbacks=[TuneReportCallback()])
     model.load_state_dict(outcome.state_dict, strict=True)
     verify_frozen(model, factory, schema)
     with tempfile.TemporaryDirectory() as directory:
