@@ -23,8 +23,12 @@ def three_task_model(**config: object) -> tuple[EMMModel, torch.Tensor]:
         schema, untrained_pool(schema, specs), FusionConfig(d_model=8, heads=2, **config)
     )
     batch = planted_batch(schema, 64, seed=0)
-    loss = F.binary_cross_entropy_with_logits(model(batch.sparse, batch.dense), batch.labels)
-    loss.backward()
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.1)
+    for _ in range(2):  # the zero-initialised tower output passes gradient from step 2 on
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(model(batch.sparse, batch.dense), batch.labels)
+        loss.backward()
+        optimizer.step()
     return model, loss
 
 

@@ -28,6 +28,7 @@ def test_three_tasks_with_a_heterogeneous_pool(
         heads=2,
         top_k=2,
         fresh_embedding_dim=4,
+        prediction="tower",  # gradients reach every part from the first step
     )
     model = EMMModel(schema, untrained_pool(schema, specs), config)
     assert model.num_levels == 2
@@ -75,3 +76,27 @@ def test_task_gate_weights_are_a_distribution_over_own_components() -> None:
         "mlp-task0-0",
         "deepfm-task0-1",
     ]
+
+
+def test_untrained_pool_residual_model_predicts_the_pool_ensemble_exactly() -> None:
+    schema = planted_schema(2)
+    specs = [
+        ("mlp", "task0", TINY["mlp"]),
+        ("deepfm", "task0", TINY["deepfm"]),
+        ("dcn_v2", "task1", TINY["dcn_v2"]),
+    ]
+    pool = untrained_pool(schema, specs)
+    batch = planted_batch(schema, 16, seed=0)
+    ensemble = torch.stack(
+        [
+            (pool[0].model(batch.sparse, batch.dense) + pool[1].model(batch.sparse, batch.dense))
+            / 2,
+            pool[2].model(batch.sparse, batch.dense),
+        ],
+        dim=1,
+    )
+    for embedding in ("pool", "fresh"):
+        model = EMMModel(schema, pool, FusionConfig(d_model=8, heads=2, embedding=embedding))
+        torch.testing.assert_close(model(batch.sparse, batch.dense), ensemble)
+    tower_only = EMMModel(schema, pool, FusionConfig(d_model=8, heads=2, prediction="tower"))
+    assert not torch.allclose(tower_only(batch.sparse, batch.dense), ensemble)
