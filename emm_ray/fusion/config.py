@@ -48,7 +48,7 @@ class FusionConfig(StrictModel):
     fresh_embedding_dim: PositiveInt = 16
     component_input: Literal["residual", "fused"] = "residual"
     tower_hidden: tuple[PositiveInt, ...] = (64,)
-    prediction: Literal["pool_residual", "tower"] = "pool_residual"
+    prediction: Literal["pool_residual", "tower"] = "tower"
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> FusionConfig:

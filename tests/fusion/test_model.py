@@ -96,7 +96,11 @@ def test_untrained_pool_residual_model_predicts_the_pool_ensemble_exactly() -> N
         dim=1,
     )
     for embedding in ("pool", "fresh"):
-        model = EMMModel(schema, pool, FusionConfig(d_model=8, heads=2, embedding=embedding))
+        model = EMMModel(
+            schema,
+            pool,
+            FusionConfig(d_model=8, heads=2, embedding=embedding, prediction="pool_residual"),
+        )
         torch.testing.assert_close(model(batch.sparse, batch.dense), ensemble)
     tower_only = EMMModel(schema, pool, FusionConfig(d_model=8, heads=2, prediction="tower"))
     assert not torch.allclose(tower_only(batch.sparse, batch.dense), ensemble)
