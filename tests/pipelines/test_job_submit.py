@@ -111,8 +111,10 @@ def test_job_submit_runs_the_pipeline_to_a_report(ray_head: str, tmp_path: Path)
         text=True,
         timeout=840,
     )
-    status = JobSubmissionClient(ray_head).get_job_status(submission_id)
-    assert status == JobStatus.SUCCEEDED, submitted.stdout[-4000:] + submitted.stderr[-2000:]
+    printed = submitted.stdout[-4000:] + submitted.stderr[-4000:]
+    jobs = {job.submission_id: job.status for job in JobSubmissionClient(ray_head).list_jobs()}
+    assert submission_id in jobs, f"`ray job submit` exited {submitted.returncode}:\n{printed}"
+    assert jobs[submission_id] == JobStatus.SUCCEEDED, printed
 
     rows = json.loads((output / "report.json").read_text())
     kinds = {row["kind"] for row in rows}
