@@ -28,8 +28,10 @@ def _free_port() -> int:
 @pytest.fixture
 def ray_head(tmp_path: Path) -> Iterator[str]:
     """A `ray start --head` cluster of its own; stopped by signalling its process group,
-    since `ray stop` would also kill every other Ray on the machine."""
+    since `ray stop` would also kill every other Ray on the machine. The job's `python`
+    is looked up on the head's PATH, so this interpreter's directory goes first."""
     dashboard = _free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     head = subprocess.Popen(
         [
             RAY,
@@ -45,6 +47,7 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
         ],
         stdout=(tmp_path / "head.log").open("w"),
         stderr=subprocess.STDOUT,
+        env=env,
         start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard}"
@@ -86,31 +89,34 @@ def test_job_submit_runs_the_pipeline_to_a_report(ray_head: str, tmp_path: Path)
         }
     }
     submission_id = f"emm-test-{os.getpid()}"
-    submitted = subprocess.run(
-        [
-            RAY,
-            "job",
-            "submit",
-            "--address",
-            ray_head,
-            "--submission-id",
-            submission_id,
-            "--working-dir",
-            str(REPO_ROOT),
-            "--runtime-env-json",
-            json.dumps(runtime_env),
-            "--",
-            "python",
-            "pipelines/full.py",
-            "--config",
-            "configs/smoke.yaml",
-            "--output",
-            str(output),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=840,
-    )
+    command = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        ray_head,
+        "--submission-id",
+        submission_id,
+        "--working-dir",
+        str(REPO_ROOT),
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        "python",
+        "pipelines/full.py",
+        "--config",
+        "configs/smoke.yaml",
+        "--output",
+        str(output),
+    ]
+    # The jobs API answers before the head's job agent is up; Ray then refuses the
+    # submission with "No available agent ... try again later", as a user would retry.
+    deadline = time.monotonic() + 120
+    while True:
+        submitted = subprocess.run(command, capture_output=True, text=True, timeout=840)
+        if "No available agent" not in submitted.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     printed = submitted.stdout[-4000:] + submitted.stderr[-4000:]
     jobs = {job.submission_id: job.status for job in JobSubmissionClient(ray_head).list_jobs()}
     assert submission_id in jobs, f"`ray job submit` exited {submitted.returncode}:\n{printed}"
