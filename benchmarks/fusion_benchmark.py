@@ -95,11 +95,12 @@ class Bench:
         build: Callable[[], nn.Module],
         task_indices: list[int],
         task_names: list[str],
+        validate_initial: bool = False,
     ) -> nn.Module:
         """Build (seeded), train, score on test, append one JSON line per task."""
         seed_everything(seed)
         module = build()
-        config = self.train.model_copy(update={"seed": seed})
+        config = self.train.model_copy(update={"seed": seed, "validate_initial": validate_initial})
         started = time.perf_counter()
         result = fit(
             module,
@@ -169,6 +170,7 @@ def run_seed(bench: Bench, seed: int) -> None:
                 lambda c=config: EMMModel(schema, pool, c),
                 [schema.task_index(t) for t in fused_tasks],
                 fused_tasks,
+                validate_initial=config.prediction == "pool_residual",  # as the fuse stage
             )
     for name in BASELINES:
         if (seed, name) not in bench.done:

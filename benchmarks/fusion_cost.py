@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from fusion_benchmark import MEMBER_HPARAMS, MEMBERS  # the same pool, run as a script
 from torch import nn
 
 from emm_ray.baselines import build_baseline
@@ -30,13 +31,6 @@ from emm_ray.models import build_model
 from emm_ray.train.loop import TensorBatches, TrainConfig, fit, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
-MEMBERS = (("mlp", 0), ("deepfm", 0), ("dcn_v2", 1), ("wide_deep", 1))
-MEMBER_HPARAMS = {
-    "mlp": {"embed_dim": 16, "hidden": (256, 128, 64)},
-    "deepfm": {"embed_dim": 16, "hidden": (128, 64)},
-    "dcn_v2": {"embed_dim": 16, "hidden": (256, 128, 64)},
-    "wide_deep": {"embed_dim": 16, "hidden": (128, 64)},
-}
 
 
 def main() -> None:

@@ -68,7 +68,9 @@ class FuseSpec(StrictModel):
     """What to fuse and how: the `fuse:` section of a run config (e.g. `configs/census.yaml`).
 
     `members` names the pool members to fuse; `None` fuses every member logged in
-    `pool_experiment` for this data. Fusion trains on Ray Data streams by default.
+    `pool_experiment` for this data. Fusion trains on Ray Data streams by default. A
+    `pool_residual` model starts at its pool's ensemble, so unless `train` says otherwise
+    it is validated before training and kept as it is when no epoch improves on it.
     """
 
     name: str = Field("emm", pattern=NAME_PATTERN)
@@ -79,6 +81,16 @@ class FuseSpec(StrictModel):
     train: TrainConfig = TrainConfig(epochs=10, lr=2e-3, patience=2)
     resources: WorkerResources = WorkerResources()
     data_mode: DataMode = "stream"
+
+    @property
+    def fit_config(self) -> TrainConfig:
+        """`train`, with `validate_initial` on for a `pool_residual` model unless set."""
+        if (
+            self.fusion.prediction == "pool_residual"
+            and "validate_initial" not in self.train.model_fields_set
+        ):
+            return self.train.model_copy(update={"validate_initial": True})
+        return self.train
 
 
 @dataclass(frozen=True)
@@ -312,7 +324,7 @@ def _train_and_log(
     digest = spec_digest(
         {
             "fusion": factory.config.model_dump(mode="json"),
-            "train": spec.train.model_dump(mode="json"),
+            "train": spec.fit_config.model_dump(mode="json"),
             **identity,
         }
     )
@@ -341,7 +353,7 @@ def _train_and_log(
         run_id,
         {
             **flatten_params("fusion", factory.config.model_dump(mode="json")),
-            **flatten_params("train", spec.train.model_dump(mode="json")),
+            **flatten_params("train", spec.fit_config.model_dump(mode="json")),
             **flatten_params("resources", spec.resources.model_dump()),
             **flatten_params("", identity),
         },
@@ -354,7 +366,7 @@ def _train_and_log(
             module_factory=factory,
             data_dir=str(prepared.path),
             tasks=tasks,
-            config=spec.train,
+            config=spec.fit_config,
             storage_path=str(Path(storage_path).resolve()),
             resources=spec.resources,
             data_mode=spec.data_mode,
@@ -415,7 +427,7 @@ def _log_outcome(
                 "run_id": run_id,
                 "best_epoch": outcome.best_epoch,
                 "device": outcome.device,
-                "train": spec.train.model_dump(mode="json"),
+                "train": spec.fit_config.model_dump(mode="json"),
             },
         )
         client.log_artifacts(run_id, directory, MODEL_ARTIFACT_PATH)

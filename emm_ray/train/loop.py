@@ -46,6 +46,9 @@ class TrainConfig(StrictModel):
     bf16 autocast on CUDA (fp16 + gradient scaling where bf16 is missing) and full
     precision on CPU, where autocast is slower than fp32 on most processors. Validation
     always runs in full precision, so a logged AUC is reproducible from the saved weights.
+    `validate_initial` scores the model before training as epoch 0 and keeps it when no
+    epoch beats it: a model that starts at a known-good point (a fused model starting at
+    its pool's ensemble) then never ends worse than that point on validation.
     """
 
     epochs: int = Field(10, ge=1)
@@ -60,6 +63,7 @@ class TrainConfig(StrictModel):
     seed: int = 0
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     num_threads: int | None = Field(None, ge=1)
+    validate_initial: bool = False
 
 
 class BatchSource(Protocol):
@@ -115,6 +119,7 @@ class FitState:
     best_score: float = -math.inf
     epochs_since_best: int = 0
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    initial_metrics: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,6 +129,7 @@ class FitState:
             "best_score": self.best_score,
             "epochs_since_best": self.epochs_since_best,
             "best_state": self.best_state,
+            "initial_metrics": self.initial_metrics,
         }
 
     @classmethod
@@ -162,10 +168,22 @@ class FitResult:
     best_epoch: int
     best_score: float
     stopped_early: bool
+    initial_metrics: dict[str, float] | None = None
 
     @property
     def best_metrics(self) -> dict[str, float]:
-        return self.history[self.best_epoch - 1]
+        return best_epoch_metrics(self.history, self.best_epoch, self.initial_metrics)
+
+
+def best_epoch_metrics(
+    history: list[dict[str, float]], best_epoch: int, initial: dict[str, float] | None
+) -> dict[str, float]:
+    """The metrics of `best_epoch`: 0 is the untrained model (`validate_initial`)."""
+    if best_epoch == 0:
+        if initial is None:
+            raise EmmError("best epoch 0 without initial validation metrics")
+        return initial
+    return history[best_epoch - 1]
 
 
 def seed_everything(seed: int) -> None:
@@ -225,6 +243,12 @@ def fit(
         state = FitState.from_dict(resume["fit"])
         state.best_state = {k: v.to(device) for k, v in state.best_state.items()}
 
+    if config.validate_initial and resume is None:
+        scores = evaluate(module, validation, tasks, names, device=device)
+        state.initial_metrics = {"epoch": 0.0, **{f"val_{k}": v for k, v in scores.items()}}
+        state.best_score = scores["auc"]
+        state.best_state = {k: v.detach().clone() for k, v in unwrap(module).state_dict().items()}
+
     stopping = False
     while state.epoch < config.epochs and not stopping:
         epoch = state.epoch + 1
@@ -277,6 +301,7 @@ def fit(
         best_epoch=state.best_epoch,
         best_score=state.best_score,
         stopped_early=stopping and state.epoch < config.epochs,
+        initial_metrics=state.initial_metrics,
     )
 
 

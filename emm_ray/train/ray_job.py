@@ -41,6 +41,7 @@ from emm_ray.train.loop import (
     IterableBatches,
     TensorBatches,
     TrainConfig,
+    best_epoch_metrics,
     fit,
     seed_everything,
 )
@@ -173,7 +174,9 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
         state_dict=torch.load(io.BytesIO(returned["state_dict"]), weights_only=True),
         history=returned["history"],
         best_epoch=returned["best_epoch"],
-        best_metrics=returned["history"][returned["best_epoch"] - 1],
+        best_metrics=best_epoch_metrics(
+            returned["history"], returned["best_epoch"], returned["initial_metrics"]
+        ),
         stopped_early=returned["stopped_early"],
         device=returned["device"],
         wall_seconds=wall,
@@ -259,6 +262,7 @@ def _train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         "state_dict": weights.getvalue(),
         "history": result.history,
         "best_epoch": result.best_epoch,
+        "initial_metrics": result.initial_metrics,
         "stopped_early": result.stopped_early,
         "device": str(device),
     }

@@ -117,6 +117,29 @@ def test_early_stopping_restores_the_best_epoch_weights() -> None:
     assert rescored["auc"] == pytest.approx(result.best_score, abs=1e-9)
 
 
+def test_validate_initial_keeps_the_starting_point_when_no_epoch_beats_it() -> None:
+    """With flipped validation labels every epoch of training is worse than where the
+    model started, so `validate_initial` returns the untouched initial weights (epoch 0)."""
+    train, _ = planted(8_000, seed=1)
+    validation, _ = planted(2_000, seed=2)
+    flipped = Batch(validation.sparse, validation.dense, 1 - validation.labels)
+    config = TrainConfig(epochs=3, batch_size=256, lr=1e-2, patience=2, validate_initial=True)
+    seed_everything(0)
+    module = TinyNet()
+    with torch.no_grad():  # a start that is good on the flipped labels
+        module.heads.weight.copy_(-module.heads.weight.sign())
+    start = copy.deepcopy(module.state_dict())
+    initial = evaluate(module, TensorBatches(flipped, 4096), [0], ["task0"])
+
+    result = fit(module, *sources(train, flipped, config), [0], config)
+
+    assert result.best_epoch == 0
+    assert result.best_metrics["val_auc"] == pytest.approx(initial["auc"], abs=1e-12)
+    assert all(h["val_auc"] < initial["auc"] for h in result.history)
+    for name, tensor in module.state_dict().items():
+        assert torch.equal(tensor, start[name]), name
+
+
 def test_same_seed_same_weights_other_seed_other_weights() -> None:
     train, _ = planted(4_000, seed=1)
     validation, _ = planted(1_000, seed=2)
