@@ -45,7 +45,15 @@ from emm_ray.models import build_model
 from emm_ray.train.loop import TensorBatches, TrainConfig, fit, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
-MEMBERS = (("mlp", 0), ("deepfm", 0), ("dcn_v2", 1), ("wide_deep", 1))
+# Two members of different architectures per task: (architecture, task position). On
+# census, the first task's pair is the two best income architectures of the zoo that
+# train fast (benchmarks/results/census_pool.md: dcn_v2 .9510, deepfm .9488), as a team
+# would fuse its best models; elsewhere a plain mlp + deepfm.
+POOLS: dict[str, tuple[tuple[str, int], ...]] = {
+    "census": (("dcn_v2", 0), ("deepfm", 0), ("dcn_v2", 1), ("wide_deep", 1)),
+    "ali_ccp": (("mlp", 0), ("deepfm", 0), ("dcn_v2", 1), ("wide_deep", 1)),
+    "aliexpress": (("mlp", 0), ("deepfm", 0), ("dcn_v2", 1), ("wide_deep", 1)),
+}
 MEMBER_HPARAMS: dict[str, dict[str, Any]] = {
     "mlp": {"embed_dim": 16, "hidden": (256, 128, 64)},
     "deepfm": {"embed_dim": 16, "hidden": (128, 64)},
@@ -141,11 +149,11 @@ class Bench:
         return module
 
 
-def run_seed(bench: Bench, seed: int) -> None:
+def run_seed(bench: Bench, seed: int, members: tuple[tuple[str, int], ...]) -> None:
     schema = bench.schema
     tasks = schema.task_names
     pool: list[PoolMember] = []
-    for architecture, task_position in MEMBERS:
+    for architecture, task_position in members:
         task = tasks[task_position]
         name = f"{architecture}_{task}"
 
@@ -291,7 +299,7 @@ def main() -> None:
     results = args.work_dir / f"{args.dataset}.jsonl"
     bench = Bench(prepared, train, results)
     for seed in args.seeds:
-        run_seed(bench, seed)
+        run_seed(bench, seed, POOLS[args.dataset])
     source = (
         "real UCI Census-Income (KDD) training file; validation and test carved from it "
         "(10 % each, stratified, seed 0)"
@@ -300,16 +308,22 @@ def main() -> None:
         "generator with planted shared structure): not comparable with published numbers"
     )
     split = prepared.split_info["splits"]
+    pool_text = ", ".join(
+        f"{a} for {prepared.schema.task_names[p]}" for a, p in POOLS[args.dataset]
+    )
     notes = [
         f"Data: {source}. Rows: train {split['train']['rows']}, validation "
         f"{split['validation']['rows']}, test {split['test']['rows']}.",
         f"Training (every model): up to {args.epochs} epochs, batch {args.batch_size}, Adam lr "
         f"{args.lr}, early stopping on mean validation AUC (patience {args.patience}), best "
         f"weights restored; {args.threads} torch thread(s) on a shared 2-core CPU machine.",
-        "Pool: mlp + deepfm for the first task, dcn_v2 + wide_deep for the second (zoo "
-        "hyperparameters, embed 16). Fused variants fuse that pool (trained with the same "
-        "seed): `emm` = configs/fusion/emm.yaml, `emm-fresh-embedding` = the same with a fresh "
-        "learned embedding, `reference` = configs/fusion/reference.yaml. Baselines: library "
+        f"Pool: {pool_text} (embed 16; census: the two best fast income architectures of "
+        "benchmarks/results/census_pool.md for income). Fused variants fuse that pool "
+        "(trained with the same seed): `emm` = configs/fusion/emm.yaml, "
+        "`emm-fresh-embedding` = the same with a fresh learned embedding, "
+        "`reference` = configs/fusion/reference.yaml. The `emm` variants start at the "
+        "pool's ensemble and, as in the fuse stage, are validated before training (kept "
+        "unchanged when no epoch beats that: best epoch 0). Baselines: library "
         "defaults. AUC: mean ± sample std over seeds.",
     ]
     title = f"Fusion benchmark: {args.dataset}" + (

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from fusion_benchmark import MEMBER_HPARAMS, MEMBERS  # the same pool, run as a script
+from fusion_benchmark import MEMBER_HPARAMS, POOLS  # the same pool, run as a script
 from torch import nn
 
 from emm_ray.baselines import build_baseline
@@ -31,6 +31,7 @@ from emm_ray.models import build_model
 from emm_ray.train.loop import TensorBatches, TrainConfig, fit, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
+MEMBERS = POOLS["census"]
 
 
 def main() -> None:
