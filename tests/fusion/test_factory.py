@@ -71,3 +71,16 @@ def test_plug_factory_rebuilds_the_base_and_the_guard_covers_its_weights() -> No
         model.towers[0].mlp[0].weight.add_(1.0)
     with pytest.raises(ArtifactIntegrityError, match="changed 1 parameters of the base"):
         verify_frozen(model, factory, schema)
+
+
+def test_a_pool_residual_fusion_is_validated_before_training_unless_the_config_says_not() -> None:
+    from emm_ray.fusion.stage import FuseSpec
+
+    residual = {"fusion": {"prediction": "pool_residual"}}
+    assert FuseSpec.model_validate(residual).fit_config.validate_initial
+    assert not FuseSpec.model_validate(
+        {"fusion": {"prediction": "tower"}}
+    ).fit_config.validate_initial
+    opted_out = {**residual, "train": {"validate_initial": False, "lr": 3e-4}}
+    config = FuseSpec.model_validate(opted_out).fit_config
+    assert not config.validate_initial and config.lr == 3e-4
