@@ -157,7 +157,9 @@ class Bench:
         return module
 
 
-def run_seed(bench: Bench, seed: int, members: tuple[tuple[str, int], ...]) -> None:
+def run_seed(
+    bench: Bench, seed: int, members: tuple[tuple[str, int], ...], variants: list[str]
+) -> None:
     schema = bench.schema
     tasks = schema.task_names
     pool: list[PoolMember] = []
@@ -177,7 +179,7 @@ def run_seed(bench: Bench, seed: int, members: tuple[tuple[str, int], ...]) -> N
             torch.save(model.state_dict(), checkpoint)
         pool.append(PoolMember(name, model.eval()))
     for variant, config in fusion_variants().items():
-        if (seed, variant) not in bench.done:
+        if variant in variants and (seed, variant) not in bench.done:
             fused_tasks = [t for t in tasks if t in {m.task for m in pool}]
             bench.run(
                 seed,
@@ -292,6 +294,13 @@ def main() -> None:
         default=3e-4,
         help="lr of fused models that start at the pool's ensemble (pool_residual)",
     )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(fusion_variants()),
+        default=list(fusion_variants()),
+        help="fused variants to train (rows already in the results file are kept)",
+    )
     parser.add_argument("--rows", type=int, default=300_000, help="synthetic datasets only")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (shared machines: 1)")
     parser.add_argument(
@@ -314,7 +323,7 @@ def main() -> None:
     correction_train = train.model_copy(update={"lr": args.fusion_lr, "validate_initial": True})
     bench = Bench(prepared, train, correction_train, results)
     for seed in args.seeds:
-        run_seed(bench, seed, POOLS[args.dataset])
+        run_seed(bench, seed, POOLS[args.dataset], args.variants)
     source = (
         "real UCI Census-Income (KDD) training file; validation and test carved from it "
         "(10 % each, stratified, seed 0)"
