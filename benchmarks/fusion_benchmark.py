@@ -49,6 +49,10 @@ REPO = Path(__file__).resolve().parents[1]
 # census, the first task's pair is the two best income architectures of the zoo that
 # train fast (benchmarks/results/census_pool.md: dcn_v2 .9510, deepfm .9488), as a team
 # would fuse its best models; elsewhere a plain mlp + deepfm.
+POOL_NOTES = {
+    "census": "; for income the two best fast architectures of "
+    "benchmarks/results/census_pool.md, as configs/pools/census.yaml"
+}
 POOLS: dict[str, tuple[tuple[str, int], ...]] = {
     "census": (("dcn_v2", 0), ("deepfm", 0), ("dcn_v2", 1), ("wide_deep", 1)),
     "ali_ccp": (("mlp", 0), ("deepfm", 0), ("dcn_v2", 1), ("wide_deep", 1)),
@@ -212,6 +216,7 @@ def render(results: Path, title: str, notes: list[str]) -> str:
         "kind",
         *(f"test AUC {t}" for t in tasks),
         "seeds",
+        "best epoch",
         "trainable params",
         "train s",
     ]
@@ -243,10 +248,14 @@ def render(results: Path, title: str, notes: list[str]) -> str:
             cells.append(_mean_std(aucs) if aucs else "")
         mine = [r for r in rows if r["model"] == model]
         params = statistics.mean(r["trainable_parameters"] for r in mine)
+        best_epoch = statistics.mean(r["best_epoch"] for r in mine)
         wall = statistics.mean(r["wall_seconds"] for r in mine)
         lines.append(
             "| "
-            + " | ".join([model, kind, *cells, str(len(seeds)), f"{params:,.0f}", f"{wall:.0f}"])
+            + " | ".join(
+                [model, kind, *cells, str(len(seeds)), f"{best_epoch:.1f}", f"{params:,.0f}"]
+                + [f"{wall:.0f}"]
+            )
             + " |"
         )
     lines += [
@@ -341,8 +350,8 @@ def main() -> None:
         f"Training (every model): up to {args.epochs} epochs, batch {args.batch_size}, Adam lr "
         f"{args.lr}, early stopping on mean validation AUC (patience {args.patience}), best "
         f"weights restored; {args.threads} torch thread(s) on a shared 2-core CPU machine.",
-        f"Pool: {pool_text} (embed 16; census: the two best fast income architectures of "
-        "benchmarks/results/census_pool.md for income). Fused variants fuse that pool "
+        f"Pool: {pool_text} (embed 16{POOL_NOTES.get(args.dataset, '')}). Fused variants "
+        "fuse that pool "
         "(trained with the same seed): `emm` = configs/fusion/emm.yaml, "
         "`emm-fresh-embedding` = the same with a fresh learned embedding, "
         "`reference` = configs/fusion/reference.yaml. The `emm` variants start at the "
