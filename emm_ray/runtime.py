@@ -16,6 +16,9 @@ RAY_ENV: dict[str, str] = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
     "RAY_TRAIN_V2_ENABLED": "1",
+    # Ray Train restarts a worker group not up within 60 s; on a busy 2-core node, several
+    # members' workers importing torch at once take longer, and each restart adds load.
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
 }
 
 
