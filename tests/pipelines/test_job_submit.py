@@ -44,6 +44,13 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
+            # The session cluster of the other tests holds Ray's default agent ports
+            # (52365 and others): a second node on them has no job agent to submit to.
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
+            f"--ray-client-server-port={_free_port()}",
         ],
         stdout=(tmp_path / "head.log").open("w"),
         stderr=subprocess.STDOUT,
@@ -109,15 +116,16 @@ def test_job_submit_runs_the_pipeline_to_a_report(ray_head: str, tmp_path: Path)
         "--output",
         str(output),
     ]
-    # The jobs API answers before the head's job agent is up; Ray then refuses the
+    # The jobs API can answer before the head's job agent is up; Ray then refuses the
     # submission with "No available agent ... try again later", as a user would retry.
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # minutes on a loaded 2-core machine
     while True:
         submitted = subprocess.run(command, capture_output=True, text=True, timeout=840)
-        if "No available agent" not in submitted.stderr or time.monotonic() > deadline:
+        printed = submitted.stdout + submitted.stderr
+        if "No available agent" not in printed or time.monotonic() > deadline:
             break
         time.sleep(2)
-    printed = submitted.stdout[-4000:] + submitted.stderr[-4000:]
+    printed = printed[-8000:]
     jobs = {job.submission_id: job.status for job in JobSubmissionClient(ray_head).list_jobs()}
     assert submission_id in jobs, f"`ray job submit` exited {submitted.returncode}:\n{printed}"
     assert jobs[submission_id] == JobStatus.SUCCEEDED, printed
