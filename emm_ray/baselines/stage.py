@@ -12,12 +12,13 @@ import logging
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from emm_ray.baselines import BASELINES, MultiTaskBaseline, build_baseline
 from emm_ray.baselines.common import parse_hyperparameters
@@ -39,7 +40,13 @@ from emm_ray.tracking.store import (
     tracking_client,
 )
 from emm_ray.train.loop import TrainConfig
-from emm_ray.train.ray_job import DataMode, TrainJob, WorkerResources, run_train_job
+from emm_ray.train.ray_job import (
+    DataMode,
+    TrainJob,
+    TrainOutcome,
+    WorkerResources,
+    run_train_job,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +69,9 @@ class BaselineSpec(StrictModel):
     train: TrainConfig = TrainConfig(epochs=10, lr=2e-3, patience=2)
     resources: WorkerResources = WorkerResources()
     data_mode: DataMode = "auto"
+    max_concurrent: int = Field(
+        2, ge=1, description="baselines training at once (half-CPU workers: 2 fit a 2-CPU node)"
+    )
 
     @model_validator(mode="after")
     def _known_baselines(self) -> BaselineSpec:
@@ -112,14 +122,21 @@ def train_baselines(
     tracking_uri: str | None = None,
     force: bool = False,
 ) -> list[BaselineRun]:
-    """Train (or reuse) every baseline of `spec` on `prepared`, one Ray Train job each."""
+    """Train (or reuse) every baseline of `spec` on `prepared`, one Ray Train job each,
+    `spec.max_concurrent` at once.
+
+    Ray Train runs in driver threads (a `fit()` mostly waits on its controller); MLflow
+    is written from this thread only. The first failure is raised after the baselines
+    already running have finished and been logged, so no finished training is lost.
+    """
     prepared = prepared if isinstance(prepared, PreparedDataset) else PreparedDataset.load(prepared)
     schema = prepared.schema
     tasks = tuple(spec.tasks) if spec.tasks is not None else tuple(schema.task_names)
     client = tracking_client(tracking_uri)
     experiment_id = ensure_experiment(client, spec.experiment)
     fingerprint = str(prepared.split_info["config_hash"])
-    results = []
+    results: dict[str, BaselineRun] = {}
+    pending: list[_Pending] = []
     for name in spec.names:
         hparams = spec.full_hparams(name)
         build_baseline(name, schema, tasks, **hparams)
@@ -138,47 +155,20 @@ def train_baselines(
             logger.info(
                 "%s: already trained for this data and spec (run %s)", name, run.info.run_id
             )
-            results.append(
-                BaselineRun(name, run.info.run_id, "skipped", run.data.metrics.get("best_val_auc"))
+            results[name] = BaselineRun(
+                name, run.info.run_id, "skipped", run.data.metrics.get("best_val_auc")
             )
             continue
-        results.append(
-            _train_one(
-                client, experiment_id, spec, prepared, name, tasks, hparams, lookup, storage_path
-            )
-        )
-    return results
+        pending.append(_Pending(name, hparams, lookup))
 
-
-def _train_one(
-    client: MlflowClient,
-    experiment_id: str,
-    spec: BaselineSpec,
-    prepared: PreparedDataset,
-    name: str,
-    tasks: tuple[str, ...],
-    hparams: dict[str, Any],
-    lookup: dict[str, str],
-    storage_path: str | Path,
-) -> BaselineRun:
-    run_id = client.create_run(
-        experiment_id, run_name=name, tags={tag(k): v for k, v in lookup.items()}
-    ).info.run_id
-    log_params(
-        client,
-        run_id,
-        {
-            "baseline": name,
-            "tasks": ",".join(tasks),
-            **flatten_params("hparam", hparams),
-            **flatten_params("train", spec.train.model_dump(mode="json")),
-        },
-    )
-    try:
-        outcome = run_train_job(
-            TrainJob(
-                name=f"baseline-{name}",
-                module_factory=BaselineFactory(name, tasks, hparams),
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=spec.max_concurrent, thread_name_prefix="baseline") as ex:
+        running: dict[Future[TrainOutcome], tuple[_Pending, str]] = {}
+        for item in pending:
+            run_id = _start_run(client, experiment_id, spec, item, tasks)
+            job = TrainJob(
+                name=f"baseline-{item.name}",
+                module_factory=BaselineFactory(item.name, tasks, item.hparams),
                 data_dir=str(prepared.path),
                 tasks=tasks,
                 config=spec.train,
@@ -186,42 +176,96 @@ def _train_one(
                 resources=spec.resources,
                 data_mode=spec.data_mode,
             )
-        )
-        now = int(time.time() * 1000)
-        log_history(client, run_id, outcome.history, now)
-        model = BaselineFactory(name, tasks, hparams)(prepared.schema)
-        log_metrics(
-            client,
-            run_id,
-            {
-                **{f"best_{k}": v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
-                "best_epoch": float(outcome.best_epoch),
-                "wall_seconds": outcome.wall_seconds,
-                "trainable_parameters": float(sum(p.numel() for p in model.parameters())),
-            },
-            now,
-        )
-        manifest = ArtifactManifest(
-            kind=BASELINE_KIND,
-            name=name,
-            architecture=name,
-            tasks=tasks,
-            hparams=hparams,
-            schema_hash=prepared.schema.hash,
-            data_fingerprint=lookup["data_fingerprint"],
-            metrics={k: v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
-            extra={"run_id": run_id, "best_epoch": outcome.best_epoch},
-        )
-        with tempfile.TemporaryDirectory() as directory:
-            save_module_artifact(directory, outcome.state_dict, manifest, prepared.schema)
-            client.log_artifacts(run_id, directory, MODEL_ARTIFACT_PATH)
-    except BaseException as exc:
-        client.set_tag(run_id, tag("error"), f"{type(exc).__name__}: {exc}"[:5000])
-        client.set_terminated(run_id, "FAILED")
-        raise
+            running[ex.submit(run_train_job, job)] = (item, run_id)
+        for future in as_completed(running):
+            item, run_id = running[future]
+            try:
+                results[item.name] = _finish_run(
+                    client, run_id, spec, prepared, item, tasks, future.result()
+                )
+            except BaseException as exc:  # noqa: BLE001 - logged, raised after the others
+                client.set_tag(run_id, tag("error"), f"{type(exc).__name__}: {exc}"[:5000])
+                client.set_terminated(run_id, "FAILED")
+                logger.error("%s: failed: %s", item.name, exc)
+                failure = failure or exc
+    if failure is not None:
+        raise failure
+    return [results[name] for name in spec.names]
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A baseline to train: its name, full hyperparameters and MLflow lookup tags."""
+
+    name: str
+    hparams: dict[str, Any]
+    lookup: dict[str, str]
+
+
+def _start_run(
+    client: MlflowClient,
+    experiment_id: str,
+    spec: BaselineSpec,
+    item: _Pending,
+    tasks: tuple[str, ...],
+) -> str:
+    run_id = client.create_run(
+        experiment_id, run_name=item.name, tags={tag(k): v for k, v in item.lookup.items()}
+    ).info.run_id
+    log_params(
+        client,
+        run_id,
+        {
+            "baseline": item.name,
+            "tasks": ",".join(tasks),
+            **flatten_params("hparam", item.hparams),
+            **flatten_params("train", spec.train.model_dump(mode="json")),
+        },
+    )
+    return run_id
+
+
+def _finish_run(
+    client: MlflowClient,
+    run_id: str,
+    spec: BaselineSpec,
+    prepared: PreparedDataset,
+    item: _Pending,
+    tasks: tuple[str, ...],
+    outcome: TrainOutcome,
+) -> BaselineRun:
+    """Log a trained baseline's history, metrics and model artifact; end its run."""
+    now = int(time.time() * 1000)
+    log_history(client, run_id, outcome.history, now)
+    model = BaselineFactory(item.name, tasks, item.hparams)(prepared.schema)
+    log_metrics(
+        client,
+        run_id,
+        {
+            **{f"best_{k}": v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
+            "best_epoch": float(outcome.best_epoch),
+            "wall_seconds": outcome.wall_seconds,
+            "trainable_parameters": float(sum(p.numel() for p in model.parameters())),
+        },
+        now,
+    )
+    manifest = ArtifactManifest(
+        kind=BASELINE_KIND,
+        name=item.name,
+        architecture=item.name,
+        tasks=tasks,
+        hparams=item.hparams,
+        schema_hash=prepared.schema.hash,
+        data_fingerprint=item.lookup["data_fingerprint"],
+        metrics={k: v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
+        extra={"run_id": run_id, "best_epoch": outcome.best_epoch},
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        save_module_artifact(directory, outcome.state_dict, manifest, prepared.schema)
+        client.log_artifacts(run_id, directory, MODEL_ARTIFACT_PATH)
     client.set_terminated(run_id, "FINISHED")
-    logger.info("%s: val AUC %.4f in %.1f s", name, outcome.best_score, outcome.wall_seconds)
-    return BaselineRun(name, run_id, "trained", outcome.best_score, outcome.wall_seconds)
+    logger.info("%s: val AUC %.4f in %.1f s", item.name, outcome.best_score, outcome.wall_seconds)
+    return BaselineRun(item.name, run_id, "trained", outcome.best_score, outcome.wall_seconds)
 
 
 def find_baselines(

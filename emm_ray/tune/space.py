@@ -212,11 +212,15 @@ class AshaSettings(StrictModel):
 
 
 class TrialSettings(StrictModel):
-    """How each trial trains: fixed across trials so their scores compare."""
+    """How each trial trains: fixed across trials so their scores compare.
+
+    Workers take half a CPU by default: trials stream through Ray Data, whose read tasks
+    need CPU too; concurrent whole-CPU workers filling a 2-CPU node wait forever.
+    """
 
     batch_size: int = Field(1024, ge=1)
     num_workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float = Field(0.5, gt=0)
     patience: int | None = Field(None, ge=1)
     seed: int = 0
 
