@@ -41,6 +41,7 @@ from emm_ray.data.prepare import DatasetConfig, PreparedDataset, prepare_dataset
 from emm_ray.data.streaming import load_split
 from emm_ray.evaluation.metrics import score_module
 from emm_ray.fusion import EMMModel, FusionConfig, PoolMember
+from emm_ray.fusion.stage import FuseSpec
 from emm_ray.models import build_model
 from emm_ray.train.loop import TensorBatches, TrainConfig, fit, seed_everything
 
@@ -199,7 +200,10 @@ def run_seed(
                 lambda c=config: EMMModel(schema, pool, c),
                 [schema.task_index(t) for t in fused_tasks],
                 fused_tasks,
-                bench.correction_train if config.prediction == "pool_residual" else None,
+                # the fuse stage's own rule: validated before training when pool-residual
+                FuseSpec(fusion=config, train=bench.correction_train).fit_config
+                if config.prediction == "pool_residual"
+                else None,
             )
     for name in BASELINES:
         if (seed, name) not in bench.done:
@@ -336,7 +340,7 @@ def main() -> None:
         num_threads=args.threads,
     )
     results = args.work_dir / f"{args.dataset}.jsonl"
-    correction_train = train.model_copy(update={"lr": args.fusion_lr, "validate_initial": True})
+    correction_train = train.model_copy(update={"lr": args.fusion_lr})
     bench = Bench(prepared, train, correction_train, results)
     for seed in args.seeds:
         run_seed(bench, seed, POOLS[args.dataset], args.variants)
