@@ -9,16 +9,23 @@ same encoded census splits (validation carved from the training file):
    batch 1024, lr 1e-3, weight decay 1e-4 — its census example's settings;
 2. emm-ray's loop training *the same torch-rechub model object* (a thin adapter feeds
    it column views): isolates what the loop and the tensor data path change;
-3. emm-ray's loop with an emm-native module of identical layer sizes (one embedding
-   gather for all fields) at batch 1024 and at emm's default batch 2048.
+3. emm-ray's loop with an emm-native module of identical layers, BatchNorm included
+   (one embedding gather for all fields), at batch 1024 and at emm's default 2048;
+4. emm-ray's own Shared-Bottom baseline (`build_baseline("shared_bottom")`) at the same
+   widths (embed 4, bottom [117], towers [8]): what a user of emm-ray trains. Its layers
+   are `Linear -> ReLU`, as every emm-ray MLP (no BatchNorm), so it has 266 fewer
+   parameters (the BatchNorm affine pairs): 19,930 vs 20,196.
 
-Throughput counts training steps only: the median over epochs of rows / time inside the
-epoch's training pass (the median damps other processes' load on a shared machine);
-wall time includes each trainer's validation passes. AUCs are on the validation split
-after the same number of epochs.
+Every trainer runs once per seed, the seeds interleaved (seed 0 for all trainers, then
+seed 1...), so a slow spell on a shared machine hits all of them. Throughput counts
+training steps only: the median over all epochs of all seeds of rows / time inside the
+epoch's training pass; wall time (mean over seeds) includes each trainer's validation
+passes. AUCs are on the held-out test split, of the model each trainer hands back (emm-ray:
+the best epoch by validation AUC; torch-rechub, never stopping early: the last epoch), mean
+and range over seeds.
 
     pip install -e .[bench]          # torch-rechub
-    python benchmarks/training_speed.py --epochs 5
+    python benchmarks/training_speed.py --epochs 10 --seeds 3
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # torch-rechub's progress bars
@@ -37,25 +45,59 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from emm_ray.baselines import build_baseline  # noqa: E402
 from emm_ray.data.batch import Batch  # noqa: E402
 from emm_ray.data.prepare import DatasetConfig, PreparedDataset, prepare_dataset  # noqa: E402
 from emm_ray.data.schema import FeatureSchema  # noqa: E402
 from emm_ray.data.streaming import load_split  # noqa: E402
 from emm_ray.models.base import FieldEmbedding  # noqa: E402
-from emm_ray.train.loop import TensorBatches, TrainConfig, fit, seed_everything  # noqa: E402
+from emm_ray.train.loop import (  # noqa: E402
+    TensorBatches,
+    TrainConfig,
+    evaluate,
+    fit,
+    seed_everything,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EMBED_DIM, BOTTOM, TOWER = 4, 117, 8
 
 
 @dataclass
-class Row:
+class Splits:
+    train: Batch
+    validation: Batch
+    test: Batch
+
+
+@dataclass
+class Run:
+    """One trainer, one seed: per-epoch training throughput, wall time, final AUCs."""
+
+    epoch_samples_per_s: list[float]
+    wall_s: float
+    aucs: list[float]
+
+
+@dataclass
+class Trainer:
+    """One row of the table: how to run it for a seed, and its runs so far."""
+
     trainer: str
     model: str
     batch: int
-    samples_per_s: float
-    wall_s: float
-    aucs: list[float]
+    run: Callable[[int], Run]
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def samples_per_s(self) -> float:
+        return float(np.median([s for r in self.runs for s in r.epoch_samples_per_s]))
+
+    def auc_cell(self, task: int) -> str:
+        values = [r.aucs[task] for r in self.runs]
+        if len(values) == 1:
+            return f"{values[0]:.4f}"
+        return f"{np.mean(values):.4f} ({min(values):.4f}-{max(values):.4f})"
 
 
 def mlp_layer(in_dim: int, out_dim: int) -> nn.Sequential:
@@ -121,17 +163,18 @@ def columns(batch: Batch, schema: FeatureSchema) -> dict[str, np.ndarray]:
     return x
 
 
-def run_rechub(schema: FeatureSchema, train: Batch, val: Batch, epochs: int, device: str) -> Row:
+def run_rechub(schema: FeatureSchema, splits: Splits, epochs: int, device: str, seed: int) -> Run:
     from torch_rechub.trainers import MTLTrainer
     from torch_rechub.utils.data import DataGenerator
 
-    seed_everything(0)
+    seed_everything(seed)
     model = rechub_model(schema)
+    train, val, test = splits.train, splits.validation, splits.test
     loaders = DataGenerator(columns(train, schema), train.labels.numpy()).generate_dataloader(
         x_val=columns(val, schema),
         y_val=val.labels.numpy(),
-        x_test=columns(val, schema),
-        y_test=val.labels.numpy(),
+        x_test=columns(test, schema),
+        y_test=test.labels.numpy(),
         batch_size=1024,
     )
     with tempfile.TemporaryDirectory() as model_dir:
@@ -157,44 +200,83 @@ def run_rechub(schema: FeatureSchema, train: Batch, val: Batch, epochs: int, dev
         started = time.perf_counter()
         trainer.fit(loaders[0], loaders[1])
         wall = time.perf_counter() - started
-        scores = trainer.evaluate(trainer.model, loaders[1])
-    return Row(
-        "torch-rechub MTLTrainer",
-        "rechub SharedBottom",
-        1024,
-        float(np.median([len(train) / s for s in train_seconds])),
-        wall,
-        [float(s) for s in scores],
-    )
+        scores = trainer.evaluate(trainer.model, loaders[2])
+    return Run([len(train) / s for s in train_seconds], wall, [float(s) for s in scores])
 
 
 def run_emm(
     module: nn.Module,
-    name: str,
-    train: Batch,
-    val: Batch,
+    splits: Splits,
     epochs: int,
     batch: int,
     lr: float,
     device: torch.device,
-) -> Row:
-    config = TrainConfig(epochs=epochs, batch_size=batch, lr=lr, weight_decay=1e-4, patience=None)
+    seed: int,
+) -> Run:
+    config = TrainConfig(
+        epochs=epochs, batch_size=batch, lr=lr, weight_decay=1e-4, patience=None, seed=seed
+    )
     module = module.to(device)
-    tasks = list(range(train.labels.shape[1]))
+    tasks = list(range(splits.train.labels.shape[1]))
     started = time.perf_counter()
     result = fit(
         module,
-        TensorBatches(train.to(device), batch, shuffle=True, seed=0),
-        TensorBatches(val.to(device), config.eval_batch_size),
+        TensorBatches(splits.train.to(device), batch, shuffle=True, seed=seed),
+        TensorBatches(splits.validation.to(device), config.eval_batch_size),
         tasks,
         config,
         device=device,
     )
     wall = time.perf_counter() - started
-    final = result.history[-1]
-    throughput = float(np.median([h["train_samples_per_s"] for h in result.history]))
-    aucs = [final[f"val_auc_task{t}"] for t in tasks]
-    return Row("emm-ray fit", name, batch, throughput, wall, aucs)
+    test = evaluate(  # `fit` has restored the best epoch's weights
+        module,
+        TensorBatches(splits.test.to(device), config.eval_batch_size),
+        tasks,
+        [f"task{t}" for t in tasks],
+        device=device,
+    )
+    return Run(
+        [h["train_samples_per_s"] for h in result.history],
+        wall,
+        [test[f"auc_task{t}"] for t in tasks],
+    )
+
+
+def rows(schema: FeatureSchema, splits: Splits, epochs: int, device: torch.device) -> list[Trainer]:
+    """The compared trainers; each builds its model from the seed it is run with."""
+
+    def emm(build: Callable[[], nn.Module], batch: int, lr: float) -> Callable[[int], Run]:
+        def run(seed: int) -> Run:
+            seed_everything(seed)
+            return run_emm(build(), splits, epochs, batch, lr, device, seed)
+
+        return run
+
+    def emm_shared_bottom() -> nn.Module:
+        return build_baseline(
+            "shared_bottom", schema, embed_dim=EMBED_DIM, bottom=(BOTTOM,), tower=(TOWER,)
+        )
+
+    native = "native SharedBottom (same layers)"
+    own = "emm-ray shared_bottom baseline (same widths)"
+    return [
+        Trainer(
+            "torch-rechub MTLTrainer",
+            "rechub SharedBottom",
+            1024,
+            lambda seed: run_rechub(schema, splits, epochs, device.type, seed),
+        ),
+        Trainer(
+            "emm-ray fit",
+            "rechub SharedBottom",
+            1024,
+            emm(lambda: RechubAdapter(rechub_model(schema), schema), 1024, 1e-3),
+        ),
+        Trainer("emm-ray fit", native, 1024, emm(lambda: NativeSharedBottom(schema), 1024, 1e-3)),
+        Trainer("emm-ray fit", native, 2048, emm(lambda: NativeSharedBottom(schema), 2048, 2e-3)),
+        Trainer("emm-ray fit", own, 1024, emm(emm_shared_bottom, 1024, 1e-3)),
+        Trainer("emm-ray fit", own, 2048, emm(emm_shared_bottom, 2048, 2e-3)),
+    ]
 
 
 def prepared_census(data: Path | None) -> PreparedDataset:
@@ -209,7 +291,8 @@ def main() -> None:
     parser.add_argument(
         "--data", type=Path, default=None, help="prepared dir (default: real census)"
     )
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=3, help="runs per trainer, interleaved")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for every run")
     parser.add_argument("--output", type=Path, default=None)
@@ -219,62 +302,37 @@ def main() -> None:
 
     prepared = prepared_census(args.data)
     schema = prepared.schema
-    train, val = load_split(prepared.path, "train"), load_split(prepared.path, "validation")
+    splits = Splits(*(load_split(prepared.path, s) for s in ("train", "validation", "test")))
     device = torch.device(args.device)
-    rows = [run_rechub(schema, train, val, args.epochs, args.device)]
-    print(rows[-1], flush=True)
-    seed_everything(0)
-    rows.append(
-        run_emm(
-            RechubAdapter(rechub_model(schema), schema),
-            "rechub SharedBottom",
-            train,
-            val,
-            args.epochs,
-            1024,
-            1e-3,
-            device,
-        )
-    )
-    print(rows[-1], flush=True)
-    for batch, lr in ((1024, 1e-3), (2048, 2e-3)):
-        seed_everything(0)
-        rows.append(
-            run_emm(
-                NativeSharedBottom(schema),
-                "native SharedBottom (same sizes)",
-                train,
-                val,
-                args.epochs,
-                batch,
-                lr,
-                device,
-            )
-        )
-        print(rows[-1], flush=True)
+    trainers = rows(schema, splits, args.epochs, device)
+    for seed in range(args.seeds):
+        for row in trainers:
+            row.runs.append(row.run(seed))
+            print(f"seed {seed}: {row.model} @ {row.batch}: {row.runs[-1]}", flush=True)
 
-    reference = rows[0].samples_per_s
+    reference = trainers[0].samples_per_s
     names = schema.task_names
     lines = [
         f"# Training speed: torch-rechub vs emm-ray ({device.type})",
         "",
         f"Data: {prepared.split_info['dataset']} ({prepared.split_info['source']}), "
-        f"{len(train)} train / {len(val)} validation rows; {args.epochs} epochs each; "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{platform.processor() or platform.machine()}, load average at end "
-        f"{os.getloadavg()[0]:.1f} (the machine is shared: absolute numbers are noisy, "
-        "the runs are side by side).",
+        f"{len(splits.train)} train / {len(splits.validation)} validation / "
+        f"{len(splits.test)} test rows; {args.epochs} epochs each, "
+        f"{args.seeds} seed(s) interleaved; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+        f"load average at end {os.getloadavg()[0]:.1f} (the machine is shared: absolute "
+        "numbers are noisy, the runs are side by side).",
         "",
         "| trainer | model | batch | train samples/s | speed-up | wall s (with eval) | "
-        + " | ".join(f"val AUC {n}" for n in names)
+        + " | ".join(f"test AUC {n}" for n in names)
         + " |",
         "| --- | --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in names) + " |",
     ]
-    for r in rows:
+    for r in trainers:
         lines.append(
             f"| {r.trainer} | {r.model} | {r.batch} | {r.samples_per_s:,.0f} | "
-            f"{r.samples_per_s / reference:.1f}x | {r.wall_s:.1f} | "
-            + " | ".join(f"{a:.4f}" for a in r.aucs)
+            f"{r.samples_per_s / reference:.1f}x | {np.mean([x.wall_s for x in r.runs]):.1f} | "
+            + " | ".join(r.auc_cell(t) for t in range(len(names)))
             + " |"
         )
     text = "\n".join(lines) + "\n"

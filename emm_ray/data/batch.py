@@ -33,7 +33,15 @@ class Batch:
         return Batch(self.sparse.pin_memory(), self.dense.pin_memory(), self.labels.pin_memory())
 
     def slice(self, index: torch.Tensor | slice) -> Batch:
-        return Batch(self.sparse[index], self.dense[index], self.labels[index])
+        """Rows `index`: a `slice` gives views, an index tensor gathers (e.g. a permutation)."""
+        if isinstance(index, slice):
+            return Batch(self.sparse[index], self.dense[index], self.labels[index])
+        # index_select is ~1.7x faster than advanced indexing for a whole-split permutation.
+        return Batch(
+            self.sparse.index_select(0, index),
+            self.dense.index_select(0, index),
+            self.labels.index_select(0, index),
+        )
 
 
 class BatchCollator(NumpyBatchCollateFn):

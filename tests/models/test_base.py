@@ -61,3 +61,19 @@ def test_widths_that_do_not_chain_are_rejected(tiny_schema: FeatureSchema) -> No
 def test_carry_cannot_exceed_the_state() -> None:
     with pytest.raises(ValueError, match="carry widths"):
         _Identity(3, 3, in_carry=4)
+
+
+@pytest.mark.parametrize("dim", [1, 4, 5, 16])
+def test_field_embedding_gradient_equals_nn_embedding(dim: int) -> None:
+    """Both backward paths (column-wise for narrow tables, 2-D above) sum repeated rows."""
+    cardinalities = [3, 7, 2]
+    fields = FieldEmbedding(cardinalities, dim)
+    reference = torch.nn.Embedding(sum(cardinalities), dim)
+    reference.weight.data.copy_(fields.weight.data)
+    sparse = torch.stack([torch.randint(0, c, (64,)) for c in cardinalities], dim=1)
+    upstream = torch.randn(64, len(cardinalities), dim)
+
+    (fields(sparse) * upstream).sum().backward()
+    (reference(sparse + fields.offsets) * upstream).sum().backward()
+
+    torch.testing.assert_close(fields.weight.grad, reference.weight.grad)
