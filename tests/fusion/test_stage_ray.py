@@ -23,6 +23,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from emm_ray.baselines import stage as baseline_stage
 from emm_ray.baselines.stage import BaselineSpec, find_baselines, train_baselines
 from emm_ray.data.prepare import DatasetConfig, PreparedDataset, prepare_dataset
 from emm_ray.data.streaming import load_split
@@ -36,9 +37,11 @@ from emm_ray.fusion.stage import (
     load_fused_run,
     plug_members,
 )
+from emm_ray.tracking.store import tag
 from emm_ray.train.members import load_member
 from emm_ray.train.pool import train_pool
 from emm_ray.train.pool_spec import PoolSpec
+from emm_ray.train.ray_job import TrainJob, TrainOutcome
 from tests.conftest import REPO_ROOT
 
 pytestmark = [pytest.mark.ray]
@@ -218,6 +221,54 @@ def test_baselines_and_evaluation_report_every_model_on_the_same_rows(
     )
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"report.json", "report.md", "gates"} <= artifacts
+
+
+@pytest.mark.timeout(600)
+def test_a_failing_baseline_leaves_the_others_trained_and_logged(
+    stages: Stages, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two baselines train at once; one job fails. The other finishes and is logged, the
+    failure is raised afterwards, and a rerun trains only the failed one."""
+    spec = BaselineSpec.model_validate(
+        {
+            "experiment": "fuse-test-baselines-failure",
+            "names": ["shared_bottom", "mmoe"],
+            "hparams": {
+                "shared_bottom": {"embed_dim": 4, "bottom": [8], "tower": [4]},
+                "mmoe": {"embed_dim": 4, "experts": 2, "expert_hidden": [8], "tower": [4]},
+            },
+            "train": EPOCH,
+            "resources": {"cpu": 0.5},
+            "max_concurrent": 2,
+        }
+    )
+    real_job = baseline_stage.run_train_job
+
+    def shared_bottom_fails(job: TrainJob) -> TrainOutcome:
+        if job.name == "baseline-shared_bottom":
+            raise RuntimeError("injected failure of shared_bottom's training job")
+        return real_job(job)
+
+    common = {"storage_path": stages.storage / "ray", "tracking_uri": stages.tracking_uri}
+    monkeypatch.setattr(baseline_stage, "run_train_job", shared_bottom_fails)
+    with pytest.raises(RuntimeError, match="injected failure of shared_bottom"):
+        train_baselines(spec, stages.prepared, **common)
+    monkeypatch.undo()
+
+    client = MlflowClient(stages.tracking_uri)
+    experiment = client.get_experiment_by_name(spec.experiment)
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert runs["mmoe"].info.status == "FINISHED"
+    assert runs["mmoe"].data.metrics["best_val_auc"] > 0.5
+    assert runs["shared_bottom"].info.status == "FAILED"
+    assert "injected failure" in runs["shared_bottom"].data.tags[tag("error")]
+
+    again = train_baselines(spec, stages.prepared, **common)
+    assert [(r.name, r.status) for r in again] == [
+        ("shared_bottom", "trained"),
+        ("mmoe", "skipped"),
+    ]
+    assert again[1].run_id == runs["mmoe"].info.run_id
 
 
 @pytest.mark.timeout(300)
