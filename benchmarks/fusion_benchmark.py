@@ -133,7 +133,7 @@ class Bench:
         result = fit(
             module,
             TensorBatches(self.train_data, config.batch_size, shuffle=True, seed=seed),
-            TensorBatches(self.validation, config.eval_batch_size),
+            TensorBatches(self.validation, config.eval_batch_size_on("cpu")),
             task_indices,
             config,
             task_names=task_names,

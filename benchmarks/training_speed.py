@@ -222,7 +222,7 @@ def run_emm(
     result = fit(
         module,
         TensorBatches(splits.train.to(device), batch, shuffle=True, seed=seed),
-        TensorBatches(splits.validation.to(device), config.eval_batch_size),
+        TensorBatches(splits.validation.to(device), config.eval_batch_size_on(device)),
         tasks,
         config,
         device=device,
@@ -230,7 +230,7 @@ def run_emm(
     wall = time.perf_counter() - started
     test = evaluate(  # `fit` has restored the best epoch's weights
         module,
-        TensorBatches(splits.test.to(device), config.eval_batch_size),
+        TensorBatches(splits.test.to(device), config.eval_batch_size_on(device)),
         tasks,
         [f"task{t}" for t in tasks],
         device=device,

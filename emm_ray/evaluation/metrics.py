@@ -19,12 +19,15 @@ from torch import nn
 from emm_ray.data.batch import Batch
 from emm_ray.errors import EmmError
 from emm_ray.evaluation.report import ModelKind, ReportRow
+from emm_ray.train.loop import inference_batch_size
 
 
 @torch.inference_mode()
-def predict(module: nn.Module, data: Batch, batch_size: int = 65536) -> torch.Tensor:
-    """Logits `[N, T]` (float32, CPU) of `module` on `data`, in eval mode, in chunks."""
+def predict(module: nn.Module, data: Batch, batch_size: int | None = None) -> torch.Tensor:
+    """Logits `[N, T]` (float32, CPU) of `module` on `data`, in eval mode, in chunks
+    (`batch_size` rows; `None`: the device's default, `inference_batch_size`)."""
     device = next(iter(module.parameters())).device
+    batch_size = inference_batch_size(device, batch_size)
     was_training = module.training
     module.eval()
     try:
@@ -81,7 +84,7 @@ def score_module(
     data: Batch,
     task_indices: Sequence[int],
     task_names: Sequence[str],
-    batch_size: int = 65536,
+    batch_size: int | None = None,
 ) -> list[ReportRow]:
     """Predict on `data` and score the columns `task_indices` (schema order) of its labels."""
     logits = predict(module, data, batch_size)

@@ -34,6 +34,7 @@ from emm_ray.evaluation.report import ModelKind, ReportRow, write_report
 from emm_ray.fusion.model import EMMModel
 from emm_ray.fusion.stage import load_fused_run
 from emm_ray.tracking.store import ensure_experiment, log_metrics, tag, tracking_client
+from emm_ray.train.loop import inference_batch_size
 from emm_ray.train.members import load_member
 
 logger = logging.getLogger(__name__)
@@ -42,10 +43,11 @@ EVALUATION_KIND = "evaluation"
 
 
 class EvaluateSpec(StrictModel):
-    """Where evaluation runs are logged and how much data is scored at a time."""
+    """Where evaluation runs are logged and how many rows are scored per forward
+    (`None`: the device's default, `inference_batch_size`)."""
 
     experiment: str = "emm-evaluation"
-    batch_size: int = Field(65536, ge=1)
+    batch_size: int | None = Field(None, ge=1)
     gate_report: bool = True
 
 
@@ -112,7 +114,9 @@ def gather_models(
     return fused, models, notes
 
 
-def score_models(models: Sequence[ScoredModel], data: Batch, batch_size: int) -> list[ReportRow]:
+def score_models(
+    models: Sequence[ScoredModel], data: Batch, batch_size: int | None
+) -> list[ReportRow]:
     """Report rows of every model on the same rows."""
     rows: list[ReportRow] = []
     for model in models:
@@ -149,12 +153,9 @@ def run_evaluation(
     header = f"Test data: {source}, {len(data)} rows. Fused model run: {fused_run_id}."
     paths = list(write_report(rows, output_dir, "Evaluation", "\n".join([header, *notes])))
     if spec.gate_report:
+        chunk = inference_batch_size(next(fused.parameters()).device, spec.batch_size)
         gates = summarize_gates(
-            fused,
-            (
-                data.slice(slice(s, s + spec.batch_size))
-                for s in range(0, len(data), spec.batch_size)
-            ),
+            fused, (data.slice(slice(s, s + chunk)) for s in range(0, len(data), chunk))
         )
         paths += write_gate_report(gates, output_dir / "gates")
     run_id = _log(client, spec, fused_run_id, source, rows, output_dir)

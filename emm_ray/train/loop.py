@@ -33,6 +33,9 @@ from emm_ray.config import StrictModel
 from emm_ray.data.batch import Batch
 from emm_ray.errors import DataError, EmmError
 
+CPU_INFERENCE_BATCH = 4096
+DEVICE_INFERENCE_BATCH = 65536
+
 
 class TrainingDivergedError(EmmError):
     """The loss became NaN or infinite: the learning rate or the inputs are at fault."""
@@ -42,7 +45,9 @@ class TrainConfig(StrictModel):
     """Optimisation settings shared by every model emm-ray trains.
 
     `patience` is the number of epochs without a mean-validation-AUC gain larger than
-    `min_delta` after which training stops; `None` trains all `epochs`. `amp="auto"` uses
+    `min_delta` after which training stops; `None` trains all `epochs`.
+    `eval_batch_size=None` scores in chunks sized for the device (`inference_batch_size`).
+    `amp="auto"` uses
     bf16 autocast on CUDA (fp16 + gradient scaling where bf16 is missing) and full
     precision on CPU, where autocast is slower than fp32 on most processors. Validation
     always runs in full precision, so a logged AUC is reproducible from the saved weights.
@@ -53,7 +58,7 @@ class TrainConfig(StrictModel):
 
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(2048, ge=1)
-    eval_batch_size: int = Field(65536, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["adam", "adamw"] = "adam"
@@ -64,6 +69,22 @@ class TrainConfig(StrictModel):
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     num_threads: int | None = Field(None, ge=1)
     validate_initial: bool = False
+
+    def eval_batch_size_on(self, device: torch.device | str) -> int:
+        """Rows per forward when scoring on `device`: the configured size, else its default."""
+        return inference_batch_size(device, self.eval_batch_size)
+
+
+def inference_batch_size(device: torch.device | str, configured: int | None = None) -> int:
+    """`configured`, else the rows per forward that score fastest on `device`.
+
+    On a CPU, 4,096-row chunks keep the activations in cache: scoring the census
+    validation split took a third of the time of 65,536-row chunks for the fused model
+    (1.1 vs 3.2-4.4 s) and half for single members. A GPU wants large chunks to fill it.
+    """
+    if configured is not None:
+        return configured
+    return CPU_INFERENCE_BATCH if torch.device(device).type == "cpu" else DEVICE_INFERENCE_BATCH
 
 
 class BatchSource(Protocol):

@@ -282,7 +282,7 @@ def _memory_sources(
     config = job.config
     return (
         TensorBatches(train, config.batch_size, shuffle=True, seed=config.seed),
-        TensorBatches(validation, config.eval_batch_size),
+        TensorBatches(validation, config.eval_batch_size_on(device)),
     )
 
 
@@ -310,7 +310,9 @@ def _stream_sources(
         return (b.pin_memory() if pin else b for b in batches)
 
     def validation_pass(_: int) -> Iterator[Batch]:
-        batches = iter_batches(validation_shard, schema, config.eval_batch_size, prefetch_batches=2)
+        batches = iter_batches(
+            validation_shard, schema, config.eval_batch_size_on(device), prefetch_batches=2
+        )
         return (b.pin_memory() if pin else b for b in batches)
 
     return IterableBatches(train_epoch), IterableBatches(validation_pass)

@@ -17,6 +17,8 @@ from emm_ray.train.loop import (
     TrainingDivergedError,
     evaluate,
     fit,
+    inference_batch_size,
+    predict_logits,
     seed_everything,
 )
 
@@ -57,7 +59,7 @@ def planted(rows: int, seed: int) -> tuple[Batch, torch.Tensor]:
 def sources(train: Batch, validation: Batch, config: TrainConfig):
     return (
         TensorBatches(train, config.batch_size, shuffle=True, seed=config.seed),
-        TensorBatches(validation, config.eval_batch_size),
+        TensorBatches(validation, config.eval_batch_size_on("cpu")),
     )
 
 
@@ -234,3 +236,18 @@ def test_a_fully_frozen_module_is_refused() -> None:
     config = TrainConfig(epochs=1)
     with pytest.raises(EmmError, match="no trainable parameters"):
         fit(module, *sources(train, train, config), [0], config)
+
+
+def test_scoring_chunks_default_to_the_device_and_give_the_same_logits() -> None:
+    assert inference_batch_size("cpu") == 4096
+    assert inference_batch_size(torch.device("cuda")) == 65536
+    assert inference_batch_size("cpu", 500) == 500
+    assert TrainConfig().eval_batch_size_on("cuda") == 65536
+    assert TrainConfig(eval_batch_size=128).eval_batch_size_on("cpu") == 128
+
+    data, _ = planted(9000, seed=2)
+    module = TinyNet().eval()
+    whole, _ = predict_logits(module, TensorBatches(data, len(data)), 1)
+    chunked, labels = predict_logits(module, TensorBatches(data, inference_batch_size("cpu")), 1)
+    torch.testing.assert_close(chunked, whole)
+    assert torch.equal(labels, data.labels)
