@@ -80,6 +80,7 @@ def fusion_variants() -> dict[str, FusionConfig]:
     return {
         "emm": emm,
         "emm-fresh-embedding": emm.model_copy(update={"embedding": "fresh"}),
+        "emm-mean-ensemble": emm.model_copy(update={"ensemble": "mean"}),
         "reference": load_yaml_config(REPO / "configs/fusion/reference.yaml", FusionConfig),
     }
 
@@ -365,8 +366,10 @@ def main() -> None:
         "fuse that pool "
         "(trained with the same seed): `emm` = configs/fusion/emm.yaml, "
         "`emm-fresh-embedding` = the same with a fresh learned embedding, "
+        "`emm-mean-ensemble` = the same starting at the plain mean of the members' logits, "
         "`reference` = configs/fusion/reference.yaml. The `emm` variants start at the "
-        f"pool's ensemble and learn a correction at lr {args.fusion_lr} (as "
+        "pool's ensemble (per task, a logistic regression on its members' logits fitted on "
+        f"the validation rows) and learn a correction at lr {args.fusion_lr} (as "
         "configs/census.yaml's fuse stage), validated before training (kept unchanged when "
         "no epoch beats the ensemble: best epoch 0). Baselines: library "
         "defaults. AUC: mean ± sample std over seeds.",

@@ -30,11 +30,14 @@ class FusionConfig(StrictModel):
       fused state (so at initialisation every member runs exactly as trained, and fusion
       only adds to it); `fused` gives it only the adapted fused state (the reference).
     - `top_k`: other-task components the fusion gate keeps per task and level.
-    - `prediction`: `pool_residual` adds each task's tower output to the mean logit of
-      the task's own pool members (computed by the frozen members end to end) and
+    - `prediction`: `pool_residual` adds each task's tower output to the ensemble logit
+      of the task's own pool members (computed by the frozen members end to end) and
       zero-initialises the tower's last layer, so the untrained fused model predicts
       exactly the pool's ensemble and fusion learns a correction; `tower` predicts from
       the tower alone (the reference).
+    - `ensemble` (with `pool_residual`): how the task's members combine at the start.
+      `mean` averages their logits; `stacked` fits a logistic regression on them over
+      the validation rows before training (`emm_ray.fusion.ensemble`).
     """
 
     variant: Literal["emm", "reference"] = "emm"
@@ -49,6 +52,7 @@ class FusionConfig(StrictModel):
     component_input: Literal["residual", "fused"] = "residual"
     tower_hidden: tuple[PositiveInt, ...] = (64,)
     prediction: Literal["pool_residual", "tower"] = "tower"
+    ensemble: Literal["mean", "stacked"] = "stacked"
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> FusionConfig:

@@ -11,23 +11,26 @@ becomes a d_model token; each task's AKF module mixes its own tokens and fuses t
 selected other-task tokens into the task's fused state; plug-ins (members added later)
 add their zero-initialised updates; the fused state feeds the next level's components
 and, after the last level, the task's tower. With `prediction: pool_residual` the
-tower (last layer zero-initialised) adds to the mean logit of the task's own members,
-so fusion starts from the pool's ensemble and learns only a correction.
+tower (last layer zero-initialised) adds to the ensemble of the task's own members
+(`ensemble`: their mean, or a stacking fitted by `calibrate` before training), so fusion
+starts from the pool's ensemble and learns only a correction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from emm_ray.data.batch import Batch
 from emm_ray.data.schema import FeatureSchema
-from emm_ray.errors import ConfigError
+from emm_ray.errors import ConfigError, DataError
 from emm_ray.fusion.akf import GateRecord, task_fusion
 from emm_ray.fusion.config import FusionConfig
 from emm_ray.fusion.decompose import AlignedMember, PoolMember, check_members, derive_levels
+from emm_ray.fusion.ensemble import TaskEnsemble
 from emm_ray.fusion.frozen import freeze_, keep_frozen_in_eval
 from emm_ray.fusion.plug import PlugIn
 from emm_ray.models.base import FieldEmbedding
@@ -89,6 +92,7 @@ class EMMModel(nn.Module):
         self.fusion = nn.ModuleList(nn.ModuleList() for _ in range(self.num_levels))
         self.plugins = nn.ModuleList(nn.ModuleList() for _ in range(self.num_levels))
         self.towers = nn.ModuleList()
+        self.ensembles = nn.ModuleList()
         self.context_members: list[list[int]] = []
         self._append_members(members)
         for task in range(len(self.task_names)):
@@ -174,24 +178,71 @@ class EMMModel(nn.Module):
             [tower(state) for tower, state in zip(self.towers, fused, strict=True)], 1
         )
         if self.config.prediction == "pool_residual":
-            logits = logits + self._pool_logits(sparse, dense, own_embeddings)
+            pool = self._member_logits(sparse, dense, own_embeddings)
+            logits = logits + torch.stack(
+                [ensemble(pool[t]) for t, ensemble in enumerate(self.ensembles)], 1
+            )
         return logits, records
 
-    def _pool_logits(
-        self, sparse: torch.Tensor, dense: torch.Tensor, embedded: dict[int, torch.Tensor]
-    ) -> torch.Tensor:
-        """`[B, T]`: per task, the mean logit of its founding members, each run end to end
-        frozen (the pool's own ensemble; members added later do not enter it)."""
-        columns = []
-        for own in self.context_members:
-            member_logits = [
-                self.members[i].native_logit(
-                    embedded[i] if i in embedded else self.members[i].embed(sparse, dense)
-                )
-                for i in own
-            ]
-            columns.append(torch.stack(member_logits, 1).mean(1))
-        return torch.stack(columns, 1)
+    def _member_logits(
+        self,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        embedded: dict[int, torch.Tensor],
+        tasks: Sequence[int] | None = None,
+    ) -> dict[int, torch.Tensor]:
+        """Per task (all, or `tasks`), `[B, k]` logits of its founding members, each run
+        end to end frozen (members added later do not enter the ensemble)."""
+        tasks = range(len(self.context_members)) if tasks is None else tasks
+        return {
+            task: torch.stack(
+                [
+                    self.members[i].native_logit(
+                        embedded[i] if i in embedded else self.members[i].embed(sparse, dense)
+                    )
+                    for i in self.context_members[task]
+                ],
+                1,
+            )
+            for task in tasks
+        }
+
+    @torch.no_grad()
+    def calibrate(self, batches: Iterable[Batch], max_rows: int = 1 << 20) -> None:
+        """Fit the `stacked` ensembles not fitted yet on up to `max_rows` held-out rows.
+
+        The training loop calls this once before training, with the validation data
+        (`emm_ray.fusion.ensemble` says why). Every batch is consumed (a
+        Ray Data shard is left at a clean epoch end) but only the first `max_rows` rows
+        run through the pool: a few parameters per task need no more.
+        """
+        if self.config.prediction != "pool_residual" or self.config.ensemble != "stacked":
+            return
+        tasks = [t for t, ensemble in enumerate(self.ensembles) if not bool(ensemble.fitted)]
+        if not tasks:
+            return
+        device = next(self.parameters()).device
+        logits: dict[int, list[torch.Tensor]] = {t: [] for t in tasks}
+        labels: list[torch.Tensor] = []
+        rows = 0
+        for batch in batches:
+            if rows >= max_rows:
+                continue
+            batch = batch.slice(slice(0, max_rows - rows)).to(device)
+            for task, part in self._member_logits(batch.sparse, batch.dense, {}, tasks).items():
+                logits[task].append(part.float())
+            labels.append(batch.labels)
+            rows += len(batch)
+        if not rows:
+            raise DataError("cannot fit the pool ensemble: the training data yielded no rows")
+        label_columns = torch.cat(labels)
+        for task in tasks:
+            name = self.task_names[task]
+            self.ensembles[task].fit(
+                torch.cat(logits[task]),
+                label_columns[:, self.schema.task_index(name)],
+                name,
+            )
 
     def add_members(self, members: Sequence[PoolMember]) -> None:
         """Plug-and-play: freeze everything that exists, then add `members` and their new parts.
@@ -261,6 +312,7 @@ class EMMModel(nn.Module):
             )
         residual = self.config.prediction == "pool_residual"
         self.towers.append(Tower(self.config.d_model, self.config.tower_hidden, residual))
+        self.ensembles.append(TaskEnsemble(len(self.context_members[task])))
 
     def _context_width(self, level: int, task: int) -> int:
         if level:

@@ -4,8 +4,11 @@ Any `nn.Module` with `module(sparse, dense) -> logits` (`[B]` for one task, `[B,
 several) trains here: the loss is the mean binary cross-entropy over the selected label
 columns (a module may supply its own through a `compute_loss(logits, labels)` method,
 e.g. ESMM's CTCVR product), early stopping watches the mean validation AUC, and the best
-weights come back at the end. Only parameters with `requires_grad` are optimised, so a
-module with frozen components trains just the rest.
+weights come back at the end. A module with a `calibrate(batches)` method gets one pass
+over the validation data before training starts (not when resuming): the fused model
+fits its pool ensemble there, on rows its frozen members were not trained on. Only
+parameters with `requires_grad` are optimised, so a module with frozen components trains
+just the rest.
 
 Speed comes from feeding whole tensors: a split that fits in memory is one `Batch`
 permuted once per epoch and sliced into views (`TensorBatches`); data too large for
@@ -264,6 +267,11 @@ def fit(
         state = FitState.from_dict(resume["fit"])
         state.best_state = {k: v.to(device) for k, v in state.best_state.items()}
 
+    calibrate = getattr(unwrap(module), "calibrate", None)
+    if calibrate is not None and resume is None:
+        calibrate(validation.batches(0))
+        _share_rank_zero_buffers(module)
+
     if config.validate_initial and resume is None:
         scores = evaluate(module, validation, tasks, names, device=device)
         state.initial_metrics = {"epoch": 0.0, **{f"val_{k}": v for k, v in scores.items()}}
@@ -442,6 +450,13 @@ def _train_epoch(
     if rows == 0:
         raise DataError("the training split yielded no rows")
     return float(loss_sum) / rows, rows
+
+
+def _share_rank_zero_buffers(module: nn.Module) -> None:
+    """Under DDP every rank calibrated on its own shard: make them all use rank 0's fit."""
+    if isinstance(module, nn.parallel.DistributedDataParallel):
+        for buffer in module.module.buffers():
+            torch.distributed.broadcast(buffer, src=0)
 
 
 def _make_optimizer(

@@ -178,6 +178,36 @@ def test_resume_from_an_epoch_checkpoint_matches_the_uninterrupted_run() -> None
     assert all(torch.equal(full.best_state[k], resumed.best_state[k]) for k in full.best_state)
 
 
+class Calibrated(TinyNet):
+    """Records how many rows each `calibrate` pass the loop gives it has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passes: list[int] = []
+
+    def calibrate(self, batches) -> None:
+        self.passes.append(sum(len(batch) for batch in batches))
+
+
+def test_calibrate_gets_one_pass_over_the_validation_rows_before_training_not_on_resume() -> None:
+    train, _ = planted(1_000, seed=1)
+    validation, _ = planted(500, seed=2)
+    config = TrainConfig(epochs=2, batch_size=256, patience=None)
+    saved: list[dict] = []
+    first = Calibrated()
+    fit(
+        first,
+        *sources(train, validation, config),
+        [0],
+        config,
+        on_epoch=lambda end: saved.append(copy.deepcopy(end.resume_state())),
+    )
+    assert first.passes == [500]
+    resumed = Calibrated()
+    fit(resumed, *sources(train, validation, config), [0], config, resume=saved[0])
+    assert resumed.passes == []
+
+
 class HalfFrozen(TinyNet):
     """Task 1's head is frozen and its loss ignored through the `compute_loss` hook."""
 
