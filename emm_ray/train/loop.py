@@ -269,8 +269,7 @@ def fit(
 
     calibrate = getattr(unwrap(module), "calibrate", None)
     if calibrate is not None and resume is None:
-        calibrate(validation.batches(0))
-        _share_rank_zero_buffers(module)
+        calibrate(validation.batches(0))  # under DDP, forwards then sync rank 0's buffers
 
     if config.validate_initial and resume is None:
         scores = evaluate(module, validation, tasks, names, device=device)
@@ -450,13 +449,6 @@ def _train_epoch(
     if rows == 0:
         raise DataError("the training split yielded no rows")
     return float(loss_sum) / rows, rows
-
-
-def _share_rank_zero_buffers(module: nn.Module) -> None:
-    """Under DDP every rank calibrated on its own shard: make them all use rank 0's fit."""
-    if isinstance(module, nn.parallel.DistributedDataParallel):
-        for buffer in module.module.buffers():
-            torch.distributed.broadcast(buffer, src=0)
 
 
 def _make_optimizer(
