@@ -5,7 +5,7 @@ fused model's tower adds a learned correction to it. `mean` is their plain mean.
 `stacked` fits, once before fusion training, a logistic regression on those logits over
 the validation rows (a weight per member and a bias, float64 L-BFGS, started at the
 mean), so a weak member no longer drags the start below the strong one (synthetic
-AliExpress: the mean of mlp .874 and deepfm .916 CTR members scored below deepfm alone).
+AliExpress, test AUC ctr / ctcvr: mean .9072 / .9665, stacked .9126 / .9756).
 Held-out rows, as stacked generalisation requires: members are over-confident on the
 rows they were trained on, and the fit would favour whichever overfits most. It fits
 k + 1 numbers per task, so the validation AUC that early stopping reads afterwards stays
@@ -49,8 +49,8 @@ class TaskEnsemble(nn.Module):
         """Logistic regression of `labels [N]` on `member_logits [N, k]`; marks it fitted."""
         if labels.numel() == 0 or bool((labels == labels[0]).all()):
             raise DataError(
-                f"cannot fit the pool ensemble of task {task!r}: its training labels "
-                f"({labels.numel()} rows) do not hold both classes"
+                f"cannot fit the pool ensemble of task {task!r}: the labels it is fitted on "
+                f"({labels.numel()} validation rows) do not hold both classes"
             )
         x, y = member_logits.detach().double(), labels.detach().double()
         weight = self.weight.detach().double().clone().requires_grad_(True)

@@ -234,7 +234,7 @@ class EMMModel(nn.Module):
             labels.append(batch.labels)
             rows += len(batch)
         if not rows:
-            raise DataError("cannot fit the pool ensemble: the training data yielded no rows")
+            raise DataError("cannot fit the pool ensemble: the validation data yielded no rows")
         label_columns = torch.cat(labels)
         for task in tasks:
             name = self.task_names[task]

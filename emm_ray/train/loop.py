@@ -50,10 +50,10 @@ class TrainConfig(StrictModel):
     `patience` is the number of epochs without a mean-validation-AUC gain larger than
     `min_delta` after which training stops; `None` trains all `epochs`.
     `eval_batch_size=None` scores in chunks sized for the device (`inference_batch_size`).
-    `amp="auto"` uses
-    bf16 autocast on CUDA (fp16 + gradient scaling where bf16 is missing) and full
-    precision on CPU, where autocast is slower than fp32 on most processors. Validation
-    always runs in full precision, so a logged AUC is reproducible from the saved weights.
+    `amp="auto"` uses bf16 autocast on CUDA (fp16 + gradient scaling where bf16 is
+    missing) and full precision on CPU, where autocast is slower than fp32 on most
+    processors. Validation always runs in full precision, so a logged AUC is reproducible
+    from the saved weights.
     `validate_initial` scores the model before training as epoch 0 and keeps it when no
     epoch beats it: a model that starts at a known-good point (a fused model starting at
     its pool's ensemble) then never ends worse than that point on validation.
