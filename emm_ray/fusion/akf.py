@@ -8,7 +8,8 @@ the embedding at level 0) and one d_model token per component of the level:
 3. Multi-Task Merge (MTM): attention over `[u_t; selected]`; its output at `u_t`'s
    position is task t's fused state `h_t`, the input of level l+1.
 
-Two variants of steps 2-3:
+With `top_k: 0` there is no step 2 and the merge sees only `u_t` (the own-task-only
+ablation). Two variants of steps 2-3:
 
 - `emm` (`TaskFusion`): the fusion gate scores every other-task component, keeps the
   top-k of its softmax and passes their log-probabilities into the merge as attention
@@ -44,8 +45,10 @@ class GateRecord:
 
     `weights[b, c]` is the weight candidate `c` received in row `b` (0 where it was not
     selected), `selected[b, c]` whether it was used. Gates: `task` (own components),
-    `fusion` (other tasks' components, or tasks in the reference), `plugin` (members
-    added by plug-and-play).
+    `fusion` (other tasks' components, or tasks in the reference), `attention` (what
+    the merge attended to: the own mixture, then each candidate; so a candidate the
+    fusion gate keeps but the merge ignores shows up), `plugin` (members added by
+    plug-and-play).
     """
 
     level: int
@@ -178,7 +181,9 @@ class TaskFusion(nn.Module):
         )
         self.task_gate = TaskGate(context_width, len(own))
         self.fusion_gate = (
-            TopKFusionGate(context_width, len(candidates), config.top_k) if candidates else None
+            TopKFusionGate(context_width, len(candidates), config.top_k)
+            if candidates and config.top_k
+            else None
         )
         self.merge = MultiTaskMerge(
             config.d_model, config.heads, config.ffn_multiplier, config.dropout
@@ -194,20 +199,25 @@ class TaskFusion(nn.Module):
         mixture: torch.Tensor,
         tokens: torch.Tensor,
         mixtures: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """`(h_t, fusion weights [B, C], selected mask [B, C])` (no fusion: `None`s)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """`(h_t, fusion weights [B, C], selected mask [B, C], attention [B, 1 + C])`.
+
+        Attention is the merge's weight on the own mixture (column 0) and on each
+        candidate (0 where not selected). Without a cross-task path: `None`s.
+        """
         if self.fusion_gate is None:
             state, _ = self.merge(mixture, mixture.new_zeros(mixture.shape[0], 0, mixture.shape[1]))
-            return state, None, None
+            return state, None, None, None
         selected, log_weights, index = self.fusion_gate(
             context, tokens.index_select(1, self.candidate_index)
         )
-        state, _ = self.merge(mixture, selected, log_weights)
+        state, attention = self.merge(mixture, selected, log_weights)
         dense = torch.zeros(
             mixture.shape[0], len(self.candidate_index), device=mixture.device, dtype=mixture.dtype
         )
         weights = dense.scatter(1, index, log_weights.exp())
-        return state, weights, dense.bool().scatter(1, index, True)
+        attended = torch.cat([attention[:, :1], dense.scatter(1, index, attention[:, 1:])], dim=1)
+        return state, weights, dense.bool().scatter(1, index, True), attended
 
 
 class ReferenceTaskFusion(nn.Module):
@@ -228,7 +238,9 @@ class ReferenceTaskFusion(nn.Module):
             "candidate_index", torch.tensor(list(candidates), dtype=torch.long), persistent=False
         )
         self.task_gate = TaskGate(context_width, len(own))
-        self.fusion_scores = nn.Linear(context_width, len(candidates)) if candidates else None
+        self.fusion_scores = (
+            nn.Linear(context_width, len(candidates)) if candidates and config.top_k else None
+        )
         self.merge = ReferenceMerge(config.d_model)
 
     def mix(self, context: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,18 +252,20 @@ class ReferenceTaskFusion(nn.Module):
         mixture: torch.Tensor,
         tokens: torch.Tensor,
         mixtures: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Hard-argmax choice of one other task's mixture, then the reference merge."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Hard-argmax choice of one other task's mixture, then the reference merge
+        (returns as `TaskFusion.fuse`, candidates being tasks)."""
         if self.fusion_scores is None:
             state, _ = self.merge(mixture.unsqueeze(1))
-            return state, None, None
+            return state, None, None, None
         probabilities = torch.softmax(self.fusion_scores(context), dim=-1)
         choice = probabilities.argmax(dim=-1)
         candidates = mixtures.index_select(1, self.candidate_index)
         chosen = candidates[torch.arange(len(choice), device=choice.device), choice]
-        state, _ = self.merge(torch.stack([mixture, chosen], dim=1))
+        state, attention = self.merge(torch.stack([mixture, chosen], dim=1))
         selected = F.one_hot(choice, len(self.candidate_index)).bool()
-        return state, probabilities, selected
+        attended = torch.cat([attention[:, :1], selected * attention[:, 1:]], dim=1)
+        return state, probabilities, selected, attended
 
 
 def task_fusion(

@@ -29,7 +29,8 @@ class FusionConfig(StrictModel):
       its own previous component's output plus a zero-initialised adapter of its task's
       fused state (so at initialisation every member runs exactly as trained, and fusion
       only adds to it); `fused` gives it only the adapted fused state (the reference).
-    - `top_k`: other-task components the fusion gate keeps per task and level.
+    - `top_k`: other-task components the fusion gate keeps per task and level; 0 turns
+      the cross-task path off (own-task components only).
     - `prediction`: `pool_residual` adds each task's tower output to the ensemble logit
       of the task's own pool members (computed by the frozen members end to end) and
       zero-initialises the tower's last layer, so the untrained fused model predicts
@@ -38,6 +39,10 @@ class FusionConfig(StrictModel):
     - `ensemble` (with `pool_residual`): how the task's members combine at the start.
       `mean` averages their logits; `stacked` fits a logistic regression on them over
       the validation rows before training (`emm_ray.fusion.ensemble`).
+    - `correction`: what learns the prediction beyond the ensemble. `akf` is the AKF
+      stack; `mlp` a plain MLP per task (widths `tower_hidden`) on its own members' last
+      hidden states, with no gates and no cross-task path (the control the stack is
+      measured against); `none` keeps the ensemble alone (nothing to train).
     """
 
     variant: Literal["emm", "reference"] = "emm"
@@ -45,7 +50,7 @@ class FusionConfig(StrictModel):
     d_model: PositiveInt = 64
     heads: PositiveInt = 4
     ffn_multiplier: PositiveInt = 2
-    top_k: PositiveInt = 2
+    top_k: Annotated[int, Field(ge=0)] = 2
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     embedding: Literal["pool", "fresh"] = "pool"
     fresh_embedding_dim: PositiveInt = 16
@@ -53,9 +58,14 @@ class FusionConfig(StrictModel):
     tower_hidden: tuple[PositiveInt, ...] = (64,)
     prediction: Literal["pool_residual", "tower"] = "tower"
     ensemble: Literal["mean", "stacked"] = "stacked"
+    correction: Literal["akf", "mlp", "none"] = "akf"
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> FusionConfig:
         if self.variant == "emm" and self.d_model % self.heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        if self.correction == "none" and self.prediction != "pool_residual":
+            raise ValueError("correction 'none' predicts the ensemble: it needs pool_residual")
+        if self.embedding == "fresh" and self.correction != "akf":
+            raise ValueError("a fresh embedding feeds the AKF stack: it needs correction 'akf'")
         return self

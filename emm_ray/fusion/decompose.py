@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from emm_ray.errors import ConfigError, SchemaMismatchError
-from emm_ray.fusion.frozen import Frozen, tensor_digest
+from emm_ray.fusion.frozen import Frozen
 from emm_ray.models.base import DecomposableModel
 
 
@@ -64,12 +64,6 @@ class PoolMember:
             "schema_hash": self.model.schema_hash,
             "extra": dict(self.manifest),
         }
-
-
-def source_digest(model: DecomposableModel) -> str:
-    """Digest of a trained member's embedding, blocks and tower, as it was trained."""
-    blocks = [p for block in model.blocks for p in block.parameters()]
-    return tensor_digest([*model.embedding.parameters(), *blocks, *model.tower.parameters()])
 
 
 def group_sizes(num_blocks: int, levels: int) -> list[int]:
@@ -139,14 +133,15 @@ class AlignedMember(nn.Module):
 
     `fresh_width` is the width of the shared fresh embedding that feeds level 0 (`None`:
     the member's own frozen embedding does). The member's embedding and tower are kept,
-    frozen, in both cases: they compute the member's own prediction (`native_logit`).
+    frozen, in both cases: they compute the member's own prediction (`native`). Without
+    `d_model` (a fused model with no AKF stack) the member gets no adapters at all.
     """
 
     def __init__(
         self,
         member: PoolMember,
         levels: int,
-        d_model: int,
+        d_model: int | None,
         component_input: Literal["residual", "fused"],
         fresh_width: int | None,
     ) -> None:
@@ -165,6 +160,9 @@ class AlignedMember(nn.Module):
             LevelComponent(blocks[start:stop])
             for start, stop in zip(bounds, bounds[1:], strict=False)
         )
+        self.hidden_width: int = self.components[-1].out_width
+        if d_model is None:
+            return
         first_input: nn.Module = (
             nn.Identity()
             if fresh_width is None
@@ -181,23 +179,28 @@ class AlignedMember(nn.Module):
             width_adapter(c.out_width, d_model) for c in self.components
         )
 
-    def frozen_digest(self) -> str:
-        """Digest of the member's frozen parameters here (equal to `source_digest` of the
-        member as trained unless something changed them)."""
-        return tensor_digest(
-            [*self.embedding.parameters(), *self.components.parameters(), *self.tower.parameters()]
-        )
+    def frozen_state(self) -> dict[str, torch.Tensor]:
+        """The frozen parameters and buffers under the trained member's own state-dict
+        names, so `parameter_checksum` of it equals the member artifact's checksum unless
+        fusion changed something."""
+        state = {f"embedding.{k}": v for k, v in self.embedding.module.state_dict().items()}
+        block = 0
+        for component in self.components:
+            for inner in component.module:
+                state |= {f"blocks.{block}.{k}": v for k, v in inner.state_dict().items()}
+                block += 1
+        return state | {f"tower.{k}": v for k, v in self.tower.module.state_dict().items()}
 
     def embed(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """The member's own (frozen) embedding of the inputs."""
         return self.embedding(sparse, dense)
 
-    def native_logit(self, embedded: torch.Tensor) -> torch.Tensor:
-        """The member's own prediction, `[B]`: its frozen blocks and tower on its embedding."""
+    def native(self, embedded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The member run as trained on its embedding: `(last hidden state [B, h], logit [B])`."""
         state = embedded
         for component in self.components:
             state = component(state)
-        return self.tower(state)
+        return state, self.tower(state)
 
     def component_input(
         self, level: int, previous: torch.Tensor, fused: torch.Tensor | None

@@ -30,17 +30,23 @@ STACKING_MAX_ITERATIONS = 100
 
 
 class TaskEnsemble(nn.Module):
-    """`[B, k]` member logits -> `[B]` ensemble logit: `logits @ weight + bias`."""
+    """`[B, k]` member logits -> `[B]` ensemble logit: `logits @ weight + bias`.
+
+    `correction_enabled` says whether the fused model's correction applies on top of this
+    ensemble for the task (`EMMModel.finish_training` switches it off where it hurts).
+    """
 
     weight: torch.Tensor
     bias: torch.Tensor
     fitted: torch.Tensor
+    correction_enabled: torch.Tensor
 
     def __init__(self, members: int) -> None:
         super().__init__()
         self.register_buffer("weight", torch.full((members,), 1.0 / members))
         self.register_buffer("bias", torch.zeros(()))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("correction_enabled", torch.ones((), dtype=torch.bool))
 
     def forward(self, member_logits: torch.Tensor) -> torch.Tensor:
         return member_logits @ self.weight.to(member_logits.dtype) + self.bias
@@ -73,3 +79,39 @@ class TaskEnsemble(nn.Module):
         self.weight.copy_(weight.detach())
         self.bias.copy_(bias.detach())
         self.fitted.fill_(True)
+
+
+class PoolEnsemble(nn.Module):
+    """Every task's ensemble over its founding members: `[B, k_t]` per task -> `[B, T]`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks = nn.ModuleList()
+
+    def add_task(self, members: int) -> None:
+        self.tasks.append(TaskEnsemble(members))
+
+    def forward(self, member_logits: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(
+            [ensemble(logits) for ensemble, logits in zip(self.tasks, member_logits, strict=True)],
+            dim=1,
+        )
+
+    def correction_mask(self) -> torch.Tensor:
+        """`[T]` bool: where the correction applies on top of the ensemble."""
+        return torch.stack([ensemble.correction_enabled for ensemble in self.tasks])
+
+    def unfitted(self) -> list[int]:
+        """Tasks whose stacking was not fitted yet."""
+        return [t for t, ensemble in enumerate(self.tasks) if not bool(ensemble.fitted)]
+
+    def fit(
+        self,
+        tasks: list[int],
+        member_logits: dict[int, torch.Tensor],
+        labels: dict[int, torch.Tensor],
+        names: list[str],
+    ) -> None:
+        """Fit the stacking of `tasks` (`member_logits[t] [N, k_t]`, `labels[t] [N]`)."""
+        for task in tasks:
+            self.tasks[task].fit(member_logits[task], labels[task], names[task])

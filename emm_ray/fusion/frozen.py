@@ -1,4 +1,5 @@
-"""Truly frozen modules: no gradients, always in eval mode, verifiable by checksum.
+"""Truly frozen modules: no gradients, always in eval mode, verifiable by checksum
+(`AlignedMember.frozen_state` under `emm_ray.checksum.parameter_checksum`).
 
 The reference froze its blocks with `requires_grad=False` only, so BatchNorm running
 statistics kept drifting while the model trained. Here a frozen module also refuses to
@@ -7,9 +8,6 @@ dropout behave exactly as when the member was evaluated on its own.
 """
 
 from __future__ import annotations
-
-import hashlib
-from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -50,27 +48,3 @@ def keep_frozen_in_eval(root: nn.Module) -> None:
     for module in root.modules():
         if getattr(module, FROZEN_ATTRIBUTE, False):
             nn.Module.train(module, False)
-
-
-def parameter_checksum(module: nn.Module) -> str:
-    """SHA-256 over every parameter and buffer (names, dtypes, shapes, bytes), in order."""
-    digest = hashlib.sha256()
-    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-        data = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{name}:{data.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return digest.hexdigest()
-
-
-def tensor_digest(tensors: Iterable[torch.Tensor]) -> str:
-    """SHA-256 over the tensors' dtypes, shapes and bytes, in order (names ignored).
-
-    Compares a member's frozen copy inside a fused model with the member as trained,
-    whose modules are named differently.
-    """
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        data = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{data.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return digest.hexdigest()

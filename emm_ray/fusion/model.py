@@ -1,70 +1,62 @@
-"""The EMM model: a pool's frozen components, stacked AKF levels, and a tower per task.
+"""The EMM model: a pool's frozen members, the pool's ensemble, and a learned correction.
 
 `EMMModel(schema, members, config)(sparse, dense)` returns logits `[B, T]` (columns in
 `task_names` order; `task_indices` maps them to the schema's label columns), so it trains
-in the same generic loop as any other model. Only fusion parameters are trainable:
-adapters, gates, merges, towers and, if configured, the fresh embedding. The pool's
-embeddings and blocks are `Frozen` and stay in eval mode whatever mode the model is in.
+in the same generic loop as any other model. Three separable parts, each a setting of
+`FusionConfig`, which is what makes the ablations configurations rather than copies:
 
-Level by level: every member's component runs on its input (see `decompose`), its output
-becomes a d_model token; each task's AKF module mixes its own tokens and fuses the
-selected other-task tokens into the task's fused state; plug-ins (members added later)
-add their zero-initialised updates; the fused state feeds the next level's components
-and, after the last level, the task's tower. With `prediction: pool_residual` the
-tower (last layer zero-initialised) adds to the ensemble of the task's own members
-(`ensemble`: their mean, or a stacking fitted by `calibrate` before training), so fusion
-starts from the pool's ensemble and learns only a correction.
+- the pool's ensemble (`emm_ray.fusion.ensemble`, with `prediction: pool_residual`):
+  per task, the mean or a stacking of its own members' end-to-end logits;
+- the correction (`correction`): the AKF stack (`emm_ray.fusion.stack`), a plain MLP on
+  the members' last hidden states (`emm_ray.fusion.correction`), or none;
+- a per-task switch (kept beside the task's ensemble): after training, a task keeps its correction
+  only if it beats the bare ensemble on validation (`finish_training`), so no task ends
+  below its own start. A task's correction feeds no other task, so the choice is exact.
+
+Only fusion parameters are trainable: adapters, gates, merges, towers, correction heads
+and, if configured, the fresh embedding. The pool's embeddings and blocks are `Frozen`
+and stay in eval mode whatever mode the model is in; every frozen member runs once per
+forward end to end (its ensemble logit and last hidden state) and, for the AKF stack,
+once more level by level, since the stack feeds fused state back into its components.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from emm_ray.data.batch import Batch
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.errors import ConfigError, DataError
-from emm_ray.fusion.akf import GateRecord, task_fusion
+from emm_ray.fusion.akf import GateRecord
 from emm_ray.fusion.config import FusionConfig
+from emm_ray.fusion.correction import MLPCorrection
 from emm_ray.fusion.decompose import AlignedMember, PoolMember, check_members, derive_levels
-from emm_ray.fusion.ensemble import TaskEnsemble
+from emm_ray.fusion.ensemble import PoolEnsemble
 from emm_ray.fusion.frozen import freeze_, keep_frozen_in_eval
-from emm_ray.fusion.plug import PlugIn
-from emm_ray.models.base import FieldEmbedding
+from emm_ray.fusion.stack import AKFStack, PoolLayout
+
+logger = logging.getLogger(__name__)
 
 
-class FreshEmbedding(nn.Module):
-    """A new embedding shared by all members: `[emb(sparse_1) .. emb(sparse_S) | dense]`."""
+@dataclass
+class FusedOutput:
+    """One forward, in parts: `logits = base + enabled * correction` (per task).
 
-    def __init__(self, schema: FeatureSchema, dim: int) -> None:
-        super().__init__()
-        self.fields = FieldEmbedding(schema.cardinalities, dim)
-        self.out_width = len(schema.sparse) * dim + len(schema.dense)
+    `base` is the ensemble (zeros with `prediction: tower`), `correction` what the
+    trained part adds (zeros with `correction: none`); `records` what every gate did.
+    """
 
-    def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.fields(sparse).flatten(1), dense], dim=1)
-
-
-class Tower(nn.Module):
-    """A task's prediction head on its final fused state: an MLP to one logit."""
-
-    def __init__(self, d_model: int, hidden: Sequence[int], zero_output: bool) -> None:
-        super().__init__()
-        widths = [d_model, *hidden]
-        layers: list[nn.Module] = []
-        for a, b in zip(widths, widths[1:], strict=False):
-            layers += [nn.Linear(a, b), nn.ReLU()]
-        output = nn.Linear(widths[-1], 1)
-        if zero_output:
-            nn.init.zeros_(output.weight)
-            nn.init.zeros_(output.bias)
-        self.mlp = nn.Sequential(*layers, output)
-
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        return self.mlp(state).squeeze(-1)
+    base: torch.Tensor
+    correction: torch.Tensor
+    logits: torch.Tensor
+    records: list[GateRecord]
 
 
 class EMMModel(nn.Module):
@@ -78,25 +70,31 @@ class EMMModel(nn.Module):
         self.schema = schema
         self.config = config
         self.num_levels = derive_levels(members, config.levels)
-        self.fresh_embedding = (
-            FreshEmbedding(schema, config.fresh_embedding_dim)
-            if config.embedding == "fresh"
-            else None
-        )
-        pool_tasks = {m.task for m in members}
-        self.task_names: list[str] = [t for t in schema.task_names if t in pool_tasks]
+        self.layout = PoolLayout()
         self.members = nn.ModuleList()
-        self.member_tasks: list[int] = []
         self.manifests: dict[str, dict[str, Any]] = {}
         self.steps: list[list[str]] = []
-        self.fusion = nn.ModuleList(nn.ModuleList() for _ in range(self.num_levels))
-        self.plugins = nn.ModuleList(nn.ModuleList() for _ in range(self.num_levels))
-        self.towers = nn.ModuleList()
-        self.ensembles = nn.ModuleList()
-        self.context_members: list[list[int]] = []
+        self.ensemble = PoolEnsemble()
+        self.stack = (
+            AKFStack(schema, config, self.num_levels, self.layout)
+            if config.correction == "akf"
+            else None
+        )
+        residual = config.prediction == "pool_residual"
+        self.heads = (
+            MLPCorrection(config.tower_hidden, residual) if config.correction == "mlp" else None
+        )
+        self.open_tasks: list[int] = []
+        pool_tasks = {m.task for m in members}
+        self.layout.task_names.extend(t for t in schema.task_names if t in pool_tasks)
         self._append_members(members)
-        for task in range(len(self.task_names)):
+        self.open_tasks = list(range(len(self.task_names)))
+        for task in self.open_tasks:
             self._append_task_parts(task)
+
+    @property
+    def task_names(self) -> list[str]:
+        return self.layout.task_names
 
     @property
     def task_indices(self) -> list[int]:
@@ -105,7 +103,7 @@ class EMMModel(nn.Module):
 
     @property
     def member_names(self) -> list[str]:
-        return [m.name for m in self.members]
+        return self.layout.member_names
 
     def train(self, mode: bool = True) -> EMMModel:
         """Switch the fusion parts' mode; frozen parts stay in eval mode regardless."""
@@ -118,107 +116,55 @@ class EMMModel(nn.Module):
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """Logits `[B, T]`, one column per task in `task_names`."""
-        return self.run(sparse, dense, trace=False)[0]
+        return self.parts(sparse, dense, trace=False).logits
 
     def run(
         self, sparse: torch.Tensor, dense: torch.Tensor, trace: bool = True
     ) -> tuple[torch.Tensor, list[GateRecord]]:
         """Logits and, with `trace`, what every gate did for these rows."""
-        records: list[GateRecord] = []
-        own_embeddings: dict[int, torch.Tensor] = {}
-        if self.fresh_embedding is not None:
-            shared = self.fresh_embedding(sparse, dense)
-            previous = [shared] * len(self.members)
-            contexts = [shared] * len(self.task_names)
-        else:
-            previous = [m.embed(sparse, dense) for m in self.members]
-            own_embeddings = dict(enumerate(previous))
-            contexts = [
-                torch.cat([previous[i] for i in own], dim=1) if len(own) > 1 else previous[own[0]]
-                for own in self.context_members
-            ]
-        fused: list[torch.Tensor] = []
-        for level in range(self.num_levels):
-            outputs, tokens = [], []
-            for index, member in enumerate(self.members):
-                state = fused[self.member_tasks[index]] if level else None
-                output, token = member.run_level(
-                    level, member.component_input(level, previous[index], state)
-                )
-                outputs.append(output)
-                tokens.append(token)
-            token_stack = torch.stack(tokens, dim=1)
-            mixed = [f.mix(contexts[t], token_stack) for t, f in enumerate(self.fusion[level])]
-            mixtures = torch.stack([mixture for mixture, _ in mixed], dim=1)
-            fused = []
-            for task, module in enumerate(self.fusion[level]):
-                state, weights, selected = module.fuse(
-                    contexts[task], mixed[task][0], token_stack, mixtures
-                )
-                fused.append(state)
-                if trace:
-                    records += self._records(level, task, module, mixed[task][1], weights, selected)
-            for plugin in self.plugins[level]:
-                fused[plugin.task], weights = plugin(
-                    contexts[plugin.task], fused[plugin.task], token_stack
-                )
-                if trace:
-                    records.append(
-                        GateRecord(
-                            level,
-                            self.task_names[plugin.task],
-                            "plugin",
-                            self._names(plugin.candidate_index),
-                            weights,
-                            weights > 0,
-                        )
-                    )
-            previous, contexts = outputs, fused
-        logits = torch.stack(
-            [tower(state) for tower, state in zip(self.towers, fused, strict=True)], 1
-        )
-        if self.config.prediction == "pool_residual":
-            pool = self._member_logits(sparse, dense, own_embeddings)
-            logits = logits + torch.stack(
-                [ensemble(pool[t]) for t, ensemble in enumerate(self.ensembles)], 1
-            )
-        return logits, records
+        output = self.parts(sparse, dense, trace)
+        return output.logits, output.records
 
-    def _member_logits(
-        self,
-        sparse: torch.Tensor,
-        dense: torch.Tensor,
-        embedded: dict[int, torch.Tensor],
-        tasks: Sequence[int] | None = None,
-    ) -> dict[int, torch.Tensor]:
-        """Per task (all, or `tasks`), `[B, k]` logits of its founding members, each run
-        end to end frozen (members added later do not enter the ensemble)."""
-        tasks = range(len(self.context_members)) if tasks is None else tasks
-        return {
-            task: torch.stack(
-                [
-                    self.members[i].native_logit(
-                        embedded[i] if i in embedded else self.members[i].embed(sparse, dense)
-                    )
-                    for i in self.context_members[task]
-                ],
-                1,
+    def parts(self, sparse: torch.Tensor, dense: torch.Tensor, trace: bool) -> FusedOutput:
+        """The forward pass, keeping the ensemble and the correction apart."""
+        founding = self.layout.founding
+        founders = [i for own in founding for i in own]
+        needs_native = self.config.prediction == "pool_residual" or self.heads is not None
+        if self.stack is None or self.stack.fresh_embedding is None:
+            embedded = {i: m.embed(sparse, dense) for i, m in enumerate(self.members)}
+        else:
+            embedded = {i: self.members[i].embed(sparse, dense) for i in founders}
+        native = {i: self.members[i].native(embedded[i]) for i in founders} if needs_native else {}
+        rows = sparse.shape[0]
+        records: list[GateRecord] = []
+        if self.stack is not None:
+            correction, records = self.stack(self.members, sparse, dense, embedded, trace)
+        elif self.heads is not None:
+            correction = self.heads(
+                [torch.cat([native[i][0] for i in own], dim=1) for own in founding]
             )
-            for task in tasks
-        }
+        else:
+            correction = sparse.new_zeros(rows, len(self.task_names), dtype=torch.float32)
+        if self.config.prediction == "pool_residual":
+            base = self.ensemble([torch.stack([native[i][1] for i in own], 1) for own in founding])
+            logits = base + self.ensemble.correction_mask().to(correction.dtype) * correction
+        else:
+            base = torch.zeros_like(correction)
+            logits = correction
+        return FusedOutput(base, correction, logits, records)
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable[Batch], max_rows: int = 1 << 20) -> None:
         """Fit the `stacked` ensembles not fitted yet on up to `max_rows` held-out rows.
 
         The training loop calls this once before training, with the validation data
-        (`emm_ray.fusion.ensemble` says why). Every batch is consumed (a
-        Ray Data shard is left at a clean epoch end) but only the first `max_rows` rows
-        run through the pool: a few parameters per task need no more.
+        (`emm_ray.fusion.ensemble` says why). Every batch is consumed (a Ray Data shard
+        is left at a clean epoch end) but only the first `max_rows` rows run through the
+        pool: a few parameters per task need no more.
         """
         if self.config.prediction != "pool_residual" or self.config.ensemble != "stacked":
             return
-        tasks = [t for t, ensemble in enumerate(self.ensembles) if not bool(ensemble.fitted)]
+        tasks = self.ensemble.unfitted()
         if not tasks:
             return
         device = next(self.parameters()).device
@@ -229,26 +175,71 @@ class EMMModel(nn.Module):
             if rows >= max_rows:
                 continue
             batch = batch.slice(slice(0, max_rows - rows)).to(device)
-            for task, part in self._member_logits(batch.sparse, batch.dense, {}, tasks).items():
-                logits[task].append(part.float())
+            for task in tasks:
+                logits[task].append(self._founding_logits(batch, task).float())
             labels.append(batch.labels)
             rows += len(batch)
         if not rows:
             raise DataError("cannot fit the pool ensemble: the validation data yielded no rows")
         label_columns = torch.cat(labels)
-        for task in tasks:
+        self.ensemble.fit(
+            tasks,
+            {t: torch.cat(logits[t]) for t in tasks},
+            {t: label_columns[:, self.schema.task_index(self.task_names[t])] for t in tasks},
+            self.task_names,
+        )
+
+    @torch.no_grad()
+    def finish_training(self, batches: Iterable[Batch]) -> dict[str, dict[str, float]]:
+        """Per task, keep the trained correction only where it beats the bare ensemble.
+
+        The training loop calls this after restoring the best weights, with the
+        validation data. Only the tasks of the latest step choose (`open_tasks`): after
+        plug-and-play, existing tasks keep their choice, so they stay as they were.
+        Returns, per task, the validation AUC of the ensemble alone and with the
+        correction, and whether the correction was kept.
+        """
+        if self.config.prediction != "pool_residual" or self.config.correction == "none":
+            return {}
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        bases, corrected, labels = [], [], []
+        try:
+            for batch in batches:
+                batch = batch.to(device)
+                output = self.parts(batch.sparse, batch.dense, trace=False)
+                bases.append(output.base.float().cpu())
+                corrected.append((output.base + output.correction).float().cpu())
+                labels.append(batch.labels[:, self.task_indices].cpu())
+        finally:
+            self.train(was_training)
+        if not labels:
+            raise DataError("cannot choose the corrections: the validation data yielded no rows")
+        base, full, label = torch.cat(bases), torch.cat(corrected), torch.cat(labels)
+        choice: dict[str, dict[str, float]] = {}
+        for task in self.open_tasks:
             name = self.task_names[task]
-            self.ensembles[task].fit(
-                torch.cat(logits[task]),
-                label_columns[:, self.schema.task_index(name)],
-                name,
-            )
+            y = label[:, task].numpy()
+            if len(set(y.tolist())) < 2:
+                raise DataError(
+                    f"cannot choose the correction of task {name!r}: its {len(y)} validation "
+                    "labels do not hold both classes"
+                )
+            bare = float(roc_auc_score(y, base[:, task].numpy()))
+            with_correction = float(roc_auc_score(y, full[:, task].numpy()))
+            keep = with_correction > bare
+            self.ensemble.tasks[task].correction_enabled.fill_(keep)
+            choice[name] = {"ensemble_auc": bare, "corrected_auc": with_correction, "kept": keep}
+        logger.info("per-task corrections after training (validation AUC): %s", choice)
+        return choice
 
     def add_members(self, members: Sequence[PoolMember]) -> None:
         """Plug-and-play: freeze everything that exists, then add `members` and their new parts.
 
-        A member of a new task brings that task's AKF modules and tower; every task that
-        already existed gets, per level, a zero-initialised `PlugIn` over the new members.
+        A member of a new task brings that task's ensemble and correction; with the AKF
+        stack, every task that already existed gets, per level, a zero-initialised
+        `PlugIn` over the new members.
         """
         if not members:
             raise ConfigError("add_members needs at least one new member")
@@ -261,89 +252,59 @@ class EMMModel(nn.Module):
                 freeze_(module)
         old_tasks = len(self.task_names)
         new_indices = self._append_members(members)
-        for task in range(old_tasks, len(self.task_names)):
+        self.open_tasks = list(range(old_tasks, len(self.task_names)))
+        for task in self.open_tasks:
             self._append_task_parts(task)
-        for level in range(self.num_levels):
-            for task in range(old_tasks):
-                self.plugins[level].append(
-                    PlugIn(task, self._context_width(level, task), new_indices, self.config.d_model)
-                )
+        if self.stack is not None:
+            self.stack.add_plugins(range(old_tasks), new_indices, self.members)
 
     def plugin_scales(self) -> list[nn.Parameter]:
         """The zero-initialised scales through which added members reach existing tasks."""
-        return [plugin.scale for level in self.plugins for plugin in level]
+        if self.stack is None:
+            return []
+        return [plugin.scale for level in self.stack.plugins for plugin in level]
+
+    def _founding_logits(self, batch: Batch, task: int) -> torch.Tensor:
+        """`[B, k]` end-to-end logits of task `task`'s founding members."""
+        return torch.stack(
+            [
+                self.members[i].native(self.members[i].embed(batch.sparse, batch.dense))[1]
+                for i in self.layout.founding[task]
+            ],
+            1,
+        )
 
     def _append_members(self, members: Sequence[PoolMember]) -> list[int]:
-        fresh_width = None if self.fresh_embedding is None else self.fresh_embedding.out_width
+        layout = self.layout
+        d_model = self.config.d_model if self.stack is not None else None
+        fresh_width = self.stack.fresh_width if self.stack is not None else None
+        new_tasks = len(layout.founding)
         indices = []
         for member in members:
-            if member.task not in self.task_names:
+            if member.task not in layout.task_names:
                 self.schema.task_index(member.task)
-                self.task_names.append(member.task)
-            task = self.task_names.index(member.task)
+                layout.task_names.append(member.task)
+            task = layout.task_names.index(member.task)
             indices.append(len(self.members))
             self.members.append(
                 AlignedMember(
-                    member,
-                    self.num_levels,
-                    self.config.d_model,
-                    self.config.component_input,
-                    fresh_width,
+                    member, self.num_levels, d_model, self.config.component_input, fresh_width
                 )
             )
-            self.member_tasks.append(task)
+            layout.member_names.append(member.name)
+            layout.member_tasks.append(task)
             self.manifests[member.name] = member.description()
-            while len(self.context_members) < len(self.task_names):
-                self.context_members.append([])
-            if task >= len(self.towers):
-                self.context_members[task].append(indices[-1])
+            while len(layout.founding) < len(layout.task_names):
+                layout.founding.append([])
+            if task >= new_tasks:
+                layout.founding[task].append(indices[-1])
         self.steps.append([m.name for m in members])
         return indices
 
     def _append_task_parts(self, task: int) -> None:
-        own = [i for i, t in enumerate(self.member_tasks) if t == task]
-        if self.config.variant == "reference":
-            candidates = [t for t in range(len(self.task_names)) if t != task]
-        else:
-            candidates = [i for i, t in enumerate(self.member_tasks) if t != task]
-        for level in range(self.num_levels):
-            self.fusion[level].append(
-                task_fusion(self.config, self._context_width(level, task), own, candidates)
-            )
-        residual = self.config.prediction == "pool_residual"
-        self.towers.append(Tower(self.config.d_model, self.config.tower_hidden, residual))
-        self.ensembles.append(TaskEnsemble(len(self.context_members[task])))
-
-    def _context_width(self, level: int, task: int) -> int:
-        if level:
-            return self.config.d_model
-        if self.fresh_embedding is not None:
-            return self.fresh_embedding.out_width
-        return sum(self.members[i].embedding_width for i in self.context_members[task])
-
-    def _records(
-        self,
-        level: int,
-        task: int,
-        module: nn.Module,
-        task_weights: torch.Tensor,
-        fusion_weights: torch.Tensor | None,
-        selected: torch.Tensor | None,
-    ) -> list[GateRecord]:
-        name = self.task_names[task]
-        records = [
-            GateRecord(
-                level, name, "task", self._names(module.own_index), task_weights, task_weights > 0
-            )
-        ]
-        if fusion_weights is not None and selected is not None:
-            candidates = (
-                [self.task_names[int(i)] for i in module.candidate_index]
-                if self.config.variant == "reference"
-                else self._names(module.candidate_index)
-            )
-            records.append(GateRecord(level, name, "fusion", candidates, fusion_weights, selected))
-        return records
-
-    def _names(self, index: torch.Tensor) -> list[str]:
-        return [self.members[int(i)].name for i in index]
+        founding = self.layout.founding[task]
+        self.ensemble.add_task(len(founding))
+        if self.stack is not None:
+            self.stack.add_task(task, self.members)
+        if self.heads is not None:
+            self.heads.add_task(sum(self.members[i].hidden_width for i in founding))

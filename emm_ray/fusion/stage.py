@@ -27,6 +27,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from pydantic import Field
 
+from emm_ray.checksum import parameter_checksum
 from emm_ray.config import StrictModel
 from emm_ray.data.prepare import PreparedDataset
 from emm_ray.data.schema import FeatureSchema
@@ -38,7 +39,7 @@ from emm_ray.fusion.artifact import (
     save_fused_model,
 )
 from emm_ray.fusion.config import FusionConfig
-from emm_ray.fusion.decompose import PoolMember, source_digest
+from emm_ray.fusion.decompose import PoolMember
 from emm_ray.fusion.model import EMMModel
 from emm_ray.models.registry import build_model
 from emm_ray.tracking.artifacts import ArtifactManifest
@@ -290,8 +291,8 @@ def verify_frozen(model: EMMModel, factory: FusedModelFactory, schema: FeatureSc
     parameter of the base fused model."""
     aligned = {m.name: m for m in model.members}
     for member in factory.members:
-        expected = source_digest(member.build(schema).model)
-        if aligned[member.name].frozen_digest() != expected:
+        expected = parameter_checksum(member.build(schema).model.state_dict())
+        if parameter_checksum(aligned[member.name].frozen_state()) != expected:
             raise ArtifactIntegrityError(
                 f"pool member {member.name!r} changed during fusion: its frozen components "
                 "no longer match the trained member"

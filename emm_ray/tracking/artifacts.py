@@ -16,7 +16,6 @@ manifests in `components`, which makes it one artifact that describes its whole 
 
 from __future__ import annotations
 
-import hashlib
 import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ import torch
 from pydantic import ValidationError
 
 import emm_ray
+from emm_ray.checksum import parameter_checksum
 from emm_ray.config import StrictModel
 from emm_ray.data.schema import SCHEMA_FILE, FeatureSchema
 from emm_ray.errors import ArtifactIntegrityError
@@ -63,20 +63,6 @@ class ModuleArtifact:
     state_dict: dict[str, torch.Tensor]
     manifest: ArtifactManifest
     schema: FeatureSchema
-
-
-def parameter_checksum(state_dict: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over (name, dtype, shape, raw bytes) of every tensor, in sorted name order.
-
-    Independent of device and of insertion order, so the same weights always give the
-    same checksum, and any flipped bit gives another.
-    """
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def framework_versions() -> dict[str, str]:

@@ -6,7 +6,9 @@ columns (a module may supply its own through a `compute_loss(logits, labels)` me
 e.g. ESMM's CTCVR product), early stopping watches the mean validation AUC, and the best
 weights come back at the end. A module with a `calibrate(batches)` method gets one pass
 over the validation data before training starts (not when resuming): the fused model
-fits its pool ensemble there, on rows its frozen members were not trained on. Only
+fits its pool ensemble there, on rows its frozen members were not trained on. A
+`finish_training(batches)` method gets one more pass after the best weights are restored
+(the fused model chooses, per task, between its correction and the bare ensemble). Only
 parameters with `requires_grad` are optimised, so a module with frozen components trains
 just the rest.
 
@@ -323,6 +325,10 @@ def fit(
             on_epoch(EpochEnd(metrics, state, is_best, stopping, module, optimizer, scaler))
 
     unwrap(module).load_state_dict(state.best_state)
+    finish = getattr(unwrap(module), "finish_training", None)
+    if finish is not None:
+        finish(validation.batches(state.epoch + 1))
+        state.best_state = unwrap(module).state_dict()
     return FitResult(
         best_state=_cpu_state(state.best_state),
         history=state.history,

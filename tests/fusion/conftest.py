@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from emm_ray.checksum import parameter_checksum
 from emm_ray.data.batch import Batch
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.fusion import EMMModel, FusionConfig, PoolMember
-from emm_ray.fusion.frozen import parameter_checksum
 from emm_ray.train.loop import seed_everything
 from tests.fusion.planted import (
     SMALL_MLP,
@@ -61,7 +61,7 @@ def fused_planted(planted: Planted, planted_pool: list[PoolMember]) -> FusedRun:
     model = EMMModel(
         planted.schema, planted_pool, FusionConfig(d_model=16, heads=2, top_k=1, tower_hidden=(16,))
     )
-    before = {m.name: parameter_checksum(m.model) for m in planted_pool}
+    before = {m.name: parameter_checksum(m.model.state_dict()) for m in planted_pool}
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     train_module(
         model,

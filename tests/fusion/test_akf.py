@@ -35,7 +35,7 @@ def three_task_model(**config: object) -> tuple[EMMModel, torch.Tensor]:
 @pytest.mark.parametrize("top_k", [1, 2, 3])
 def test_gradients_reach_every_fusion_gate(top_k: int) -> None:
     model, _ = three_task_model(top_k=top_k)
-    gates = [f for level in model.fusion for f in level]
+    gates = [f for level in model.stack.fusion for f in level]
     assert len(gates) == 2 * 3 and all(isinstance(g, TaskFusion) for g in gates)
     for gate in gates:
         assert gate.fusion_gate.top_k == min(top_k, len(gate.candidate_index))
@@ -47,7 +47,7 @@ def test_gradients_reach_every_fusion_gate(top_k: int) -> None:
 
 def test_reference_fusion_gate_is_a_hard_argmax_that_never_trains() -> None:
     model, _ = three_task_model(variant="reference", embedding="fresh", component_input="fused")
-    for level in model.fusion:
+    for level in model.stack.fusion:
         for gate in level:
             assert isinstance(gate, ReferenceTaskFusion)
             assert gate.fusion_scores.weight.grad is None

@@ -48,7 +48,7 @@ def test_tampered_fused_weights_are_refused(tmp_path: Path) -> None:
     model = EMMModel(schema, pool, FusionConfig(d_model=8, heads=2))
     save_fused_model(model, tmp_path, "m")
     state = torch.load(tmp_path / "state_dict.pt", weights_only=True)
-    key = next(k for k in state if k.startswith("towers"))
+    key = next(k for k in state if k.startswith("stack.towers"))
     state[key] = state[key] + 1
     torch.save(state, tmp_path / "state_dict.pt")
     with pytest.raises(ArtifactIntegrityError, match="checksum"):

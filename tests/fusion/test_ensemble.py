@@ -40,7 +40,7 @@ def test_stacking_leans_on_the_informative_member(
     stacked = EMMModel(planted.schema, pool, residual("stacked"))
     stacked.calibrate(TensorBatches(planted.validation, 1000).batches(0))
 
-    weights = stacked.ensembles[0].weight
+    weights = stacked.ensemble.tasks[0].weight
     with torch.no_grad():
         spread = torch.stack(
             [m.model(planted.train.sparse, planted.train.dense).std() for m in (trained, noise)]
@@ -51,8 +51,8 @@ def test_stacking_leans_on_the_informative_member(
     assert auc(stacked, planted.test, 0) > auc(mean, planted.test, 0) + 0.02
     assert auc(stacked, planted.test, 0) > alone - 0.005
     mean.calibrate(TensorBatches(planted.validation, 1000).batches(0))  # no-op for `mean`
-    assert not mean.ensembles[0].fitted and torch.equal(
-        mean.ensembles[0].weight, torch.full((2,), 0.5)
+    assert not mean.ensemble.tasks[0].fitted and torch.equal(
+        mean.ensemble.tasks[0].weight, torch.full((2,), 0.5)
     )
 
 
@@ -70,10 +70,10 @@ def test_calibration_reads_at_most_max_rows_and_fits_once() -> None:
 
     model.calibrate(batches(), max_rows=1000)
     assert sum(seen) == 2000, "every batch is consumed, so a Ray Data shard ends its epoch"
-    fitted = [e.weight.clone() for e in model.ensembles]
-    assert all(bool(e.fitted) for e in model.ensembles)
+    fitted = [e.weight.clone() for e in model.ensemble.tasks]
+    assert all(bool(e.fitted) for e in model.ensemble.tasks)
     model.calibrate(planted_batch(schema, 100, seed=9) for _ in range(1))
-    assert all(torch.equal(a, e.weight) for a, e in zip(fitted, model.ensembles, strict=True))
+    assert all(torch.equal(a, e.weight) for a, e in zip(fitted, model.ensemble.tasks, strict=True))
 
 
 def test_members_plugged_in_later_leave_fitted_ensembles_as_they_were() -> None:
@@ -81,17 +81,17 @@ def test_members_plugged_in_later_leave_fitted_ensembles_as_they_were() -> None:
     pool = untrained_pool(schema, [("mlp", "task0", TINY["mlp"]), ("mlp", "task1", TINY["mlp"])])
     model = EMMModel(schema, pool, residual())
     model.calibrate([planted_batch(schema, 2000, seed=0)])
-    before = {k: v.clone() for k, v in model.ensembles.state_dict().items()}
+    before = {k: v.clone() for k, v in model.ensemble.state_dict().items()}
 
     added = untrained_pool(
         schema, [("deepfm", "task1", TINY["deepfm"]), ("mlp", "task2", TINY["mlp"])]
     )
     model.add_members([PoolMember(f"late-{m.name}", m.model) for m in added])
-    assert len(model.ensembles) == 3 and not model.ensembles[2].fitted
+    assert len(model.ensemble.tasks) == 3 and not model.ensemble.tasks[2].fitted
     model.calibrate([planted_batch(schema, 2000, seed=1)])
-    after = model.ensembles.state_dict()
+    after = model.ensemble.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
-    assert bool(model.ensembles[2].fitted) and model.ensembles[1].weight.shape == (1,)
+    assert bool(model.ensemble.tasks[2].fitted) and model.ensemble.tasks[1].weight.shape == (1,)
 
 
 def test_training_labels_of_one_class_name_the_task() -> None:

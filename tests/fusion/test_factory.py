@@ -68,7 +68,7 @@ def test_plug_factory_rebuilds_the_base_and_the_guard_covers_its_weights() -> No
     assert torch.equal(model(batch.sparse, batch.dense)[:, :2], base(batch.sparse, batch.dense))
     verify_frozen(model, factory, schema)
     with torch.no_grad():
-        model.towers[0].mlp[0].weight.add_(1.0)
+        model.stack.towers[0].mlp[0].weight.add_(1.0)
     with pytest.raises(ArtifactIntegrityError, match="changed 1 parameters of the base"):
         verify_frozen(model, factory, schema)
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from emm_ray.checksum import parameter_checksum
 from emm_ray.fusion import EMMModel, FusionConfig
-from emm_ray.fusion.frozen import Frozen, parameter_checksum
+from emm_ray.fusion.frozen import Frozen
 from tests.fusion.conftest import FusedRun
 from tests.fusion.planted import planted_batch, planted_schema, untrained_pool
 
 
 def test_fusion_training_leaves_every_pool_member_bit_identical(fused_planted: FusedRun) -> None:
-    after = {m.name: parameter_checksum(m.model) for m in fused_planted.pool}
+    after = {m.name: parameter_checksum(m.model.state_dict()) for m in fused_planted.pool}
     assert after == fused_planted.pool_checksums_before
     changed = [
         name
@@ -29,8 +30,8 @@ def test_only_fusion_parameters_are_trainable(fused_planted: FusedRun) -> None:
         assert frozen and not any(p.requires_grad for p in frozen)
     adapters = [p for m in model.members for p in m.output_adapters.parameters()]
     assert adapters and all(p.requires_grad for p in adapters)
-    assert all(p.requires_grad for p in model.fusion.parameters())
-    assert all(p.requires_grad for p in model.towers.parameters())
+    assert all(p.requires_grad for p in model.stack.fusion.parameters())
+    assert all(p.requires_grad for p in model.stack.towers.parameters())
 
 
 def test_frozen_parts_stay_in_eval_mode_when_the_model_trains() -> None:
@@ -40,8 +41,24 @@ def test_frozen_parts_stay_in_eval_mode_when_the_model_trains() -> None:
     model = EMMModel(schema, pool, FusionConfig(d_model=8, heads=2)).train()
     frozen = [m for m in model.modules() if isinstance(m, Frozen)]
     assert frozen and not any(m.training or any(c.training for c in m.modules()) for m in frozen)
-    assert model.towers.training
+    assert model.stack.towers.training
     frozen[0].train()
     assert not frozen[0].training
     batch = planted_batch(schema, 32, seed=0)
     assert torch.equal(model(batch.sparse, batch.dense), model(batch.sparse, batch.dense))
+
+
+def test_the_frozen_check_sees_a_changed_buffer_as_well_as_a_changed_weight() -> None:
+    schema = planted_schema(2)
+    pool = untrained_pool(schema, [("mlp", "task0", {"embed_dim": 4, "hidden": (8, 8)})])
+    member = pool[0].model
+    member.blocks[0].register_buffer("running_stat", torch.zeros(3))  # as a norm layer keeps
+    trained = parameter_checksum(member.state_dict())
+    model = EMMModel(schema, pool, FusionConfig(d_model=8, heads=2))
+    (aligned,) = model.members
+    assert parameter_checksum(aligned.frozen_state()) == trained
+    aligned.components[0].module[0].running_stat.add_(1.0)
+    assert parameter_checksum(aligned.frozen_state()) != trained
+    aligned.components[0].module[0].running_stat.sub_(1.0)
+    next(aligned.tower.parameters()).data.mul_(2.0)
+    assert parameter_checksum(aligned.frozen_state()) != trained

@@ -37,11 +37,11 @@ def test_three_tasks_with_a_heterogeneous_pool(
     logits = model(batch.sparse, batch.dense)
     assert logits.shape == (32, 3) and torch.isfinite(logits).all()
     F.binary_cross_entropy_with_logits(logits, batch.labels).backward()
-    assert all(p.grad is not None for p in model.towers.parameters())
+    assert all(p.grad is not None for p in model.stack.towers.parameters())
     if embedding == "fresh":
-        assert all(p.grad.abs().sum() > 0 for p in model.fresh_embedding.parameters())
+        assert all(p.grad.abs().sum() > 0 for p in model.stack.fresh_embedding.parameters())
     else:
-        assert model.fresh_embedding is None
+        assert model.stack.fresh_embedding is None
 
 
 def test_pool_covering_some_tasks_predicts_those_in_schema_order() -> None:

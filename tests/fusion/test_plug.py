@@ -68,12 +68,12 @@ def test_a_second_plug_step_freezes_the_first_steps_plug_ins() -> None:
     pool = untrained_pool(schema, [("mlp", "task0", MEMBER), ("mlp", "task1", MEMBER)])
     model = EMMModel(schema, pool, FusionConfig(d_model=8, heads=2))
     model.add_members([PoolMember("first", build_model("mlp", schema, "task2", **MEMBER))])
-    first = [p for p in model.plugins.modules() if isinstance(p, PlugIn)]
+    first = [p for p in model.stack.plugins.modules() if isinstance(p, PlugIn)]
     assert len(first) == model.num_levels * 2
     assert all(p.requires_grad for plugin in first for p in plugin.parameters())
     model.add_members([PoolMember("second", build_model("wide_deep", schema, "task0", **MEMBER))])
     assert not any(p.requires_grad for plugin in first for p in plugin.parameters())
-    plugins = [p for p in model.plugins.modules() if isinstance(p, PlugIn)]
+    plugins = [p for p in model.stack.plugins.modules() if isinstance(p, PlugIn)]
     assert len(plugins) == model.num_levels * (2 + 3)
     added = [plugin for plugin in plugins if all(plugin is not old for old in first)]
     assert all(p.requires_grad for plugin in added for p in plugin.parameters())
