@@ -1,23 +1,35 @@
-"""Fused (emm, emm with a fresh embedding, reference) vs its pool vs five end-to-end baselines.
+"""Does fusion earn its place? Fused vs its own ablations vs its pool vs converged baselines.
 
-For one dataset and several seeds: train a heterogeneous pool (two members per task),
-fuse it three ways, train Shared-Bottom, MMoE, PLE, ESMM and AITM, and score everything
-on the same test split. Every model trains with the same generic loop, data, split and
-`TrainConfig` (epochs, batch size, learning rate, early stopping on mean validation
-AUC); the seed changes initialisation and shuffling, the split stays fixed. Training runs
-in-process (the loop Ray Train runs in each worker), which keeps a 2-core machine's time
-on the models rather than on Ray start-up.
+For one dataset and several seeds (paired: every row of a seed fuses the same trained
+pool): train a heterogeneous pool (two members per task), then score on the same test
+split
 
-    python benchmarks/fusion_benchmark.py --dataset census --seeds 0 1 2 --epochs 6
+- the pool members, and (a) the best member per task (chosen on validation);
+- (b) the pool's ensemble (`ensemble-stacked`, and the plain `ensemble-mean`);
+- (c) `mlp-correction`: the ensemble plus a plain MLP on the members' last hidden states,
+  no gates and no cross-task path, trained exactly like the fused model;
+- (d) `akf-own-task`: the AKF stack with the cross-task path off (`top_k: 0`);
+- (e) `emm` (configs/fusion/emm.yaml) and (f) `reference` (configs/fusion/reference.yaml);
+- Shared-Bottom, MMoE, PLE, ESMM, AITM end to end (ESMM/AITM in their funnel form on
+  funnel data, in their reference implementations' non-funnel form otherwise).
+
+Every model trains with the same generic loop to convergence: early stopping on mean
+validation AUC with `--patience` (>= 3) under an epoch cap that must never bind; a seed
+whose best epoch is within `patience` of its cap is reported as a failed row. Training
+runs in-process (the loop Ray Train runs in each worker), which keeps a 2-core machine's
+time on the models rather than on Ray start-up.
+
+    python benchmarks/fusion_benchmark.py --dataset census --seeds 0 1 2 3 4
     python benchmarks/fusion_benchmark.py --dataset ali_ccp --rows 300000
-    python benchmarks/fusion_benchmark.py --dataset aliexpress --rows 300000
 
 `census` is the real UCI file (validation and test carved 10 % / 10 % from the public
 training file; the official test file is held back); `ali_ccp` and `aliexpress` are
-synthetic data at size with the real datasets' schemas (the real files here are
-100-row samples), and are labelled as such. Finished runs are appended to
-`<work-dir>/<dataset>.jsonl` and skipped on rerun, so an interrupted benchmark resumes;
-the table (`benchmarks/results/fusion_<dataset>.md`) is rewritten from all of them.
+synthetic data at size with the real datasets' schemas (the real files here are 100-row
+samples), and are labelled as such. Finished runs are appended to
+`<work-dir>/<dataset>.jsonl` and skipped on rerun, so an interrupted benchmark resumes
+(several processes may work on different seeds of one file); the tables
+(`benchmarks/results/fusion_<dataset>.md` and its JSON twin `.json`) are rewritten from
+all of them (`--render-only` rewrites them without training).
 """
 
 from __future__ import annotations
@@ -33,14 +45,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from scipy import stats
 from torch import nn
 
-from emm_ray.baselines import BASELINES, build_baseline
+from emm_ray.baselines import BASELINES, build_baseline, labels_are_nested
 from emm_ray.config import load_yaml_config
 from emm_ray.data.prepare import DatasetConfig, PreparedDataset, prepare_dataset
 from emm_ray.data.streaming import load_split
 from emm_ray.evaluation.metrics import score_module
-from emm_ray.evaluation.report import ReportRow
 from emm_ray.fusion import EMMModel, FusionConfig, PoolMember
 from emm_ray.fusion.stage import FuseSpec
 from emm_ray.models import build_model
@@ -55,13 +67,6 @@ POOL_NOTES = {
     "census": "; for income the two best fast architectures of "
     "benchmarks/results/census_pool.md, as configs/pools/census.yaml"
 }
-DATASET_NOTES = {
-    "census": [
-        "ESMM and AITM model a funnel (the second task's positives are a subset of the "
-        "first's, as CTCVR within CTR); census's income and never_married are not nested, "
-        "which is why those two score low here.",
-    ]
-}
 POOLS: dict[str, tuple[tuple[str, int], ...]] = {
     "census": (("dcn_v2", 0), ("deepfm", 0), ("dcn_v2", 1), ("wide_deep", 1)),
     "ali_ccp": (("mlp", 0), ("deepfm", 0), ("dcn_v2", 1), ("wide_deep", 1)),
@@ -73,17 +78,30 @@ MEMBER_HPARAMS: dict[str, dict[str, Any]] = {
     "dcn_v2": {"embed_dim": 16, "hidden": (256, 128, 64)},
     "wide_deep": {"embed_dim": 16, "hidden": (128, 64)},
 }
+FUNNEL_BASELINES = ("esmm", "aitm")
+# Table order of the kinds; the JSON twin uses the same names.
+KINDS = ("fused", "ablation", "ensemble", "pool", "baseline", "baseline-tuned")
+# (e) against what: the paired differences the table reports.
+PAIRED = ("ensemble-stacked", "mlp-correction", "akf-own-task")
 logger = logging.getLogger("fusion_benchmark")
 
 
-def fusion_variants() -> dict[str, FusionConfig]:
+def fused_variants() -> dict[str, tuple[str, FusionConfig]]:
+    """Name -> (kind, config) of every trained setting of the fused model."""
     emm = load_yaml_config(REPO / "configs/fusion/emm.yaml", FusionConfig)
     return {
-        "emm": emm,
-        "emm-fresh-embedding": emm.model_copy(update={"embedding": "fresh"}),
-        "emm-mean-ensemble": emm.model_copy(update={"ensemble": "mean"}),
-        "reference": load_yaml_config(REPO / "configs/fusion/reference.yaml", FusionConfig),
+        "emm": ("fused", emm),
+        "reference": (
+            "fused",
+            load_yaml_config(REPO / "configs/fusion/reference.yaml", FusionConfig),
+        ),
+        "mlp-correction": ("ablation", emm.model_copy(update={"correction": "mlp"})),
+        "akf-own-task": ("ablation", emm.model_copy(update={"top_k": 0})),
+        "emm-fresh-embedding": ("fused", emm.model_copy(update={"embedding": "fresh"})),
     }
+
+
+DEFAULT_VARIANTS = ["emm", "reference", "mlp-correction", "akf-own-task"]
 
 
 def prepare(dataset: str, rows: int, work_dir: Path) -> PreparedDataset:
@@ -112,9 +130,11 @@ class Bench:
         self.train = train
         self.correction_train = correction_train
         self.results = results
-        self.done = {
-            (r["seed"], r["model"]) for r in (json.loads(line) for line in _lines(results))
-        }
+        self.funnel = labels_are_nested(self.train_data.labels)
+
+    def done(self) -> set[tuple[int, str]]:
+        """(seed, model) pairs already in the results file (re-read: processes share it)."""
+        return {(r["seed"], r["model"]) for r in read_rows(self.results)}
 
     def run(
         self,
@@ -125,9 +145,10 @@ class Bench:
         task_indices: list[int],
         task_names: list[str],
         train: TrainConfig | None = None,
+        form: str = "",
     ) -> nn.Module:
-        """Build (seeded), train (`train`, else the common settings), score on test,
-        append one JSON line per task."""
+        """Build (seeded), train (`train`, else the common settings), score on validation
+        and test, append one JSON line per task."""
         seed_everything(seed)
         module = build()
         config = (train or self.train).model_copy(update={"seed": seed})
@@ -142,63 +163,90 @@ class Bench:
         )
         wall = time.perf_counter() - started
         trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        rows = score_module(name, kind, module, self.test, task_indices, task_names)
-        val_aucs = {t: result.best_metrics[f"val_auc_{t}"] for t in task_names}
-        self.record(seed, rows, val_aucs, result.best_epoch, len(result.history), wall, trainable)
+        extra = {
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "max_epochs": config.epochs,
+            "patience": config.patience,
+            "form": form,
+        }
+        if isinstance(module, EMMModel):
+            extra["corrections_kept"] = module.ensemble.correction_mask().tolist()
+        self.record(seed, name, kind, module, task_indices, task_names, wall, trainable, extra)
         return module
 
     def score_ensemble(self, seed: int, pool: list[PoolMember], ensemble: str) -> None:
-        """The pool's ensemble alone (where `emm` starts): fitted if stacked, not trained."""
-        config = fusion_variants()["emm"].model_copy(update={"ensemble": ensemble})
+        """(b) The pool's ensemble alone (where `emm` starts): fitted if stacked, untrained."""
+        config = fused_variants()["emm"][1].model_copy(
+            update={"ensemble": ensemble, "correction": "none"}
+        )
         model = EMMModel(self.schema, pool, config)
         started = time.perf_counter()
         model.calibrate(
             TensorBatches(self.validation, self.train.eval_batch_size_on("cpu")).batches(0)
         )
         wall = time.perf_counter() - started
-        fitted = sum(e.weight.numel() + 1 for e in model.ensembles) if ensemble == "stacked" else 0
-        name = f"pool-ensemble-{ensemble}"
-        tasks = (model.task_indices, model.task_names)
-        validation = score_module(name, "pool", model, self.validation, *tasks)
-        rows = score_module(name, "pool", model, self.test, *tasks)
-        val_aucs = {r.task: r.auc for r in validation}
-        self.record(seed, rows, val_aucs, 0, 0, wall, fitted)
+        fitted = (
+            sum(e.weight.numel() + 1 for e in model.ensemble.tasks) if ensemble == "stacked" else 0
+        )
+        extra = {"best_epoch": 0, "epochs_run": 0, "max_epochs": 0, "patience": None, "form": ""}
+        self.record(
+            seed,
+            f"ensemble-{ensemble}",
+            "ensemble",
+            model,
+            model.task_indices,
+            model.task_names,
+            wall,
+            fitted,
+            extra,
+        )
 
     def record(
         self,
         seed: int,
-        rows: list[ReportRow],
-        val_aucs: dict[str, float | None],
-        best_epoch: int,
-        epochs_run: int,
+        name: str,
+        kind: str,
+        module: nn.Module,
+        task_indices: list[int],
+        task_names: list[str],
         wall: float,
         trainable: int,
+        extra: dict[str, Any],
     ) -> None:
-        """Append one JSON line per task to the results file."""
+        """Score `module` on validation and test; append one JSON line per task."""
+        scored = {
+            split: {
+                r.task: r
+                for r in score_module(name, "fused", module, data, task_indices, task_names)
+            }
+            for split, data in (("validation", self.validation), ("test", self.test))
+        }
         with self.results.open("a") as out:
-            for row in rows:
-                out.write(
-                    json.dumps(
-                        {
-                            **row.model_dump(),
-                            "seed": seed,
-                            "val_auc": val_aucs[row.task],
-                            "best_epoch": best_epoch,
-                            "epochs_run": epochs_run,
-                            "wall_seconds": wall,
-                            "trainable_parameters": trainable,
-                        }
-                    )
-                    + "\n"
-                )
-        self.done.add((seed, rows[0].model))
+            for task in task_names:
+                row = scored["test"][task]
+                line = {
+                    "model": name,
+                    "kind": kind,
+                    "task": task,
+                    "auc": row.auc,
+                    "logloss": row.logloss,
+                    "rows": row.rows,
+                    "val_auc": scored["validation"][task].auc,
+                    "seed": seed,
+                    "wall_seconds": wall,
+                    "trainable_parameters": trainable,
+                    **extra,
+                }
+                out.write(json.dumps(line) + "\n")
         logger.info(
-            "seed %d %s: test AUC %s in %.0f s (%d epochs)",
+            "seed %d %s: test AUC %s in %.0f s (best epoch %s of %s)",
             seed,
-            rows[0].model,
-            [round(r.auc or float("nan"), 4) for r in rows],
+            name,
+            [round(scored["test"][t].auc or float("nan"), 4) for t in task_names],
             wall,
-            epochs_run,
+            extra["best_epoch"],
+            extra["epochs_run"],
         )
 
 
@@ -216,7 +264,7 @@ def run_seed(
             return build_model(architecture, schema, task, **MEMBER_HPARAMS[architecture])
 
         checkpoint = bench.results.with_name(f"{bench.results.stem}-seed{seed}-{name}.pt")
-        if (seed, name) in bench.done and checkpoint.is_file():
+        if (seed, name) in bench.done() and checkpoint.is_file():
             model = build()
             model.load_state_dict(torch.load(checkpoint, weights_only=True))
         else:
@@ -224,15 +272,15 @@ def run_seed(
             torch.save(model.state_dict(), checkpoint)
         pool.append(PoolMember(name, model.eval()))
     for ensemble in ("mean", "stacked"):
-        if (seed, f"pool-ensemble-{ensemble}") not in bench.done:
+        if (seed, f"ensemble-{ensemble}") not in bench.done():
             bench.score_ensemble(seed, pool, ensemble)
-    for variant, config in fusion_variants().items():
-        if variant in variants and (seed, variant) not in bench.done:
-            fused_tasks = [t for t in tasks if t in {m.task for m in pool}]
+    fused_tasks = [t for t in tasks if t in {m.task for m in pool}]
+    for variant, (kind, config) in fused_variants().items():
+        if variant in variants and (seed, variant) not in bench.done():
             bench.run(
                 seed,
                 variant,
-                "fused",
+                kind,
                 lambda c=config: EMMModel(schema, pool, c),
                 [schema.task_index(t) for t in fused_tasks],
                 fused_tasks,
@@ -242,106 +290,168 @@ def run_seed(
                 else None,
             )
     for name in BASELINES:
-        if (seed, name) not in bench.done:
-            bench.run(
-                seed,
-                name,
-                "baseline",
-                lambda n=name: build_baseline(n, schema),
-                list(range(len(tasks))),
-                tasks,
-            )
+        if (seed, name) in bench.done():
+            continue
+        hparams = {"funnel": bench.funnel} if name in FUNNEL_BASELINES else {}
+        form = ("funnel" if bench.funnel else "parallel") if hparams else ""
+        bench.run(
+            seed,
+            name,
+            "baseline",
+            lambda n=name, h=hparams: build_baseline(n, schema, **h),
+            list(range(len(tasks))),
+            tasks,
+            form=form,
+        )
 
 
-def render(results: Path, title: str, notes: list[str]) -> str:
-    rows = [json.loads(line) for line in _lines(results)]
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def with_best_members(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add (a): per seed and task, the pool member with the best validation AUC."""
+    best = []
+    for seed in sorted({r["seed"] for r in rows}):
+        for task in dict.fromkeys(r["task"] for r in rows):
+            members = [
+                r for r in rows if r["kind"] == "pool" and r["seed"] == seed and r["task"] == task
+            ]
+            if members:
+                chosen = max(members, key=lambda r: r["val_auc"])
+                best.append(
+                    {**chosen, "model": "best-member", "kind": "ablation", "form": chosen["model"]}
+                )
+    return rows + best
+
+
+def converged(row: dict[str, Any]) -> bool:
+    """False when the best epoch is within `patience` of the cap (the cap may have bound)."""
+    if not row["max_epochs"]:
+        return True
+    return row["best_epoch"] <= row["max_epochs"] - row["patience"]
+
+
+def summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The JSON twin: one row per (model, task), over seeds."""
+    out = []
+    keys = dict.fromkeys((r["model"], r["kind"], r["task"]) for r in rows)
+    for model, kind, task in sorted(keys, key=lambda k: KINDS.index(k[1])):
+        mine = sorted(
+            (r for r in rows if (r["model"], r["kind"], r["task"]) == (model, kind, task)),
+            key=lambda r: r["seed"],
+        )
+        aucs = [r["auc"] for r in mine]
+        out.append(
+            {
+                "model": model,
+                "kind": kind,
+                "task": task,
+                "auc_mean": statistics.mean(aucs),
+                "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
+                "seeds": [r["seed"] for r in mine],
+                "best_epochs": [r["best_epoch"] for r in mine],
+                "max_epochs": max(r["max_epochs"] for r in mine),
+                "patience": mine[0]["patience"],
+                "converged": all(converged(r) for r in mine),
+                "form": mine[0].get("form", ""),
+                "trainable_params": round(statistics.mean(r["trainable_parameters"] for r in mine)),
+                "train_seconds": statistics.mean(r["wall_seconds"] for r in mine),
+            }
+        )
+    return out
+
+
+def paired_differences(rows: list[dict[str, Any]], model: str, against: str) -> dict[str, Any]:
+    """Per task: mean test-AUC difference `model - against` over shared seeds, 95 % t-interval."""
+    result = {}
+    for task in dict.fromkeys(r["task"] for r in rows):
+        ours = {r["seed"]: r["auc"] for r in rows if r["model"] == model and r["task"] == task}
+        theirs = {r["seed"]: r["auc"] for r in rows if r["model"] == against and r["task"] == task}
+        seeds = sorted(set(ours) & set(theirs))
+        if len(seeds) < 2:
+            continue
+        diffs = [ours[s] - theirs[s] for s in seeds]
+        mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+        half = stats.t.ppf(0.975, len(diffs) - 1) * sd / len(diffs) ** 0.5
+        result[task] = {"mean": mean, "low": mean - half, "high": mean + half, "seeds": seeds}
+    return result
+
+
+def render(rows: list[dict[str, Any]], title: str, notes: list[str]) -> str:
+    summary = summary_rows(rows)
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    order = {"fused": 0, "pool": 1, "baseline": 2}
-    models = sorted(dict.fromkeys((r["model"], r["kind"]) for r in rows), key=lambda m: order[m[1]])
+    models = list(dict.fromkeys((r["model"], r["kind"]) for r in summary))
     header = [
         "model",
         "kind",
+        "form",
         *(f"test AUC {t}" for t in tasks),
         "seeds",
-        "best epoch",
+        "best epochs / cap",
+        "converged",
         "trainable params",
         "train s",
     ]
-    lines = [
-        f"# {title}",
-        "",
-        *notes,
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    best_baseline = {}
-    for task in tasks:
-        means = [
-            statistics.mean(r["auc"] for r in rows if r["model"] == m and r["task"] == task)
-            for m, k in models
-            if k == "baseline" and any(r["model"] == m and r["task"] == task for r in rows)
-        ]
-        best_baseline[task] = max(means) if means else None
+    lines = [f"# {title}", "", *notes, "", "| " + " | ".join(header) + " |"]
+    lines.append("|" + "---|" * len(header))
     for model, kind in models:
-        cells, seeds = [], set()
+        mine = [r for r in summary if r["model"] == model]
+        cells = []
         for task in tasks:
-            aucs = [
-                r["auc"]
-                for r in rows
-                if r["model"] == model and r["task"] == task and r["auc"] is not None
-            ]
-            seeds |= {r["seed"] for r in rows if r["model"] == model and r["task"] == task}
-            cells.append(_mean_std(aucs) if aucs else "")
-        mine = [r for r in rows if r["model"] == model]
-        params = statistics.mean(r["trainable_parameters"] for r in mine)
-        best_epoch = statistics.mean(r["best_epoch"] for r in mine)
-        wall = statistics.mean(r["wall_seconds"] for r in mine)
+            row = next((r for r in mine if r["task"] == task), None)
+            cells.append("" if row is None else f"{row['auc_mean']:.4f} ± {row['auc_std']:.4f}")
+        first = mine[0]
+        epochs = " ".join(str(e) for e in first["best_epochs"])
+        cap = f" / {first['max_epochs']}" if first["max_epochs"] else ""
+        ok = "yes" if all(r["converged"] for r in mine) else "**no: cap bound (failed row)**"
         lines.append(
             "| "
             + " | ".join(
-                [model, kind, *cells, str(len(seeds)), f"{best_epoch:.1f}", f"{params:,.0f}"]
-                + [f"{wall:.0f}"]
+                [model, kind, first["form"], *cells, str(len(first["seeds"]))]
+                + [
+                    epochs + cap,
+                    ok,
+                    f"{first['trainable_params']:,}",
+                    f"{first['train_seconds']:.0f}",
+                ]
             )
             + " |"
         )
-    lines += [
-        "",
-        "Best baseline (mean test AUC): "
-        + ", ".join(f"{t} {v:.4f}" for t, v in best_baseline.items() if v is not None)
-        + ".",
-    ]
-    for model, kind in models:
-        if kind != "fused":
-            continue
-        verdict = []
-        for task in tasks:
-            aucs = [r["auc"] for r in rows if r["model"] == model and r["task"] == task]
-            if aucs and best_baseline.get(task) is not None:
-                gap = statistics.mean(aucs) - best_baseline[task]
-                verdict.append(f"{task} {gap:+.4f}")
-        lines.append(f"- {model} vs best baseline: {', '.join(verdict)}.")
+    lines += ["", "Paired differences of `emm`, test AUC (mean over seeds, 95 % t-interval):", ""]
+    for against in (*PAIRED, "best-member", "reference"):
+        diffs = paired_differences(rows, "emm", against)
+        if diffs:
+            lines.append(
+                f"- emm - {against}: "
+                + "; ".join(
+                    f"{t} {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+                    for t, d in diffs.items()
+                )
+                + f" ({len(next(iter(diffs.values()))['seeds'])} seeds)"
+            )
+    baselines = [r for r in summary if r["kind"].startswith("baseline") and r["converged"]]
+    for task in tasks:
+        candidates = [r for r in baselines if r["task"] == task]
+        emm = next((r for r in summary if r["model"] == "emm" and r["task"] == task), None)
+        if candidates and emm is not None:
+            best = max(candidates, key=lambda r: r["auc_mean"])
+            lines.append(
+                f"- emm vs best converged baseline on {task} ({best['model']}): "
+                f"{emm['auc_mean'] - best['auc_mean']:+.4f} "
+                f"(emm std {emm['auc_std']:.4f}, {best['model']} std {best['auc_std']:.4f})"
+            )
     return "\n".join(lines) + "\n"
-
-
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
-def _lines(path: Path) -> list[str]:
-    return (
-        [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=["census", "ali_ccp", "aliexpress"], default="census")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--patience", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--epochs", type=int, default=40, help="cap for pool and baselines")
+    parser.add_argument("--fusion-epochs", type=int, default=30, help="cap for fused models")
+    parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument(
@@ -353,9 +463,9 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         nargs="+",
-        choices=list(fusion_variants()),
-        default=list(fusion_variants()),
-        help="fused variants to train (rows already in the results file are kept)",
+        choices=list(fused_variants()),
+        default=DEFAULT_VARIANTS,
+        help="fused settings to train (rows already in the results file are kept)",
     )
     parser.add_argument("--rows", type=int, default=300_000, help="synthetic datasets only")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (shared machines: 1)")
@@ -363,6 +473,7 @@ def main() -> None:
         "--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "emm-bench" / "fusion"
     )
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--render-only", action="store_true", help="rewrite the tables only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -376,10 +487,11 @@ def main() -> None:
         num_threads=args.threads,
     )
     results = args.work_dir / f"{args.dataset}.jsonl"
-    correction_train = train.model_copy(update={"lr": args.fusion_lr})
+    correction_train = train.model_copy(update={"lr": args.fusion_lr, "epochs": args.fusion_epochs})
     bench = Bench(prepared, train, correction_train, results)
-    for seed in args.seeds:
-        run_seed(bench, seed, POOLS[args.dataset], args.variants)
+    if not args.render_only:
+        for seed in args.seeds:
+            run_seed(bench, seed, POOLS[args.dataset], args.variants)
     source = (
         "real UCI Census-Income (KDD) training file; validation and test carved from it "
         "(10 % each, stratified, seed 0)"
@@ -394,29 +506,33 @@ def main() -> None:
     notes = [
         f"Data: {source}. Rows: train {split['train']['rows']}, validation "
         f"{split['validation']['rows']}, test {split['test']['rows']}.",
-        f"Training (every model): up to {args.epochs} epochs, batch {args.batch_size}, Adam lr "
-        f"{args.lr}, early stopping on mean validation AUC (patience {args.patience}), best "
-        f"weights restored; {args.threads} torch thread(s) on a shared 2-core CPU machine.",
-        f"Pool: {pool_text} (embed 16{POOL_NOTES.get(args.dataset, '')}). Fused variants "
-        "fuse that pool "
-        "(trained with the same seed): `emm` = configs/fusion/emm.yaml, "
-        "`emm-fresh-embedding` = the same with a fresh learned embedding, "
-        "`emm-mean-ensemble` = the same starting at the plain mean of the members' logits, "
-        "`reference` = configs/fusion/reference.yaml. The `emm` variants start at the "
-        "pool's ensemble (per task, a logistic regression on its members' logits fitted on "
-        f"the validation rows) and learn a correction at lr {args.fusion_lr} (as "
-        "configs/census.yaml's fuse stage), validated before training (kept unchanged when "
-        "no epoch beats the ensemble: best epoch 0). `pool-ensemble-mean` / "
-        "`pool-ensemble-stacked`: that starting point alone, untrained (trainable params: the "
-        "stacking's fitted weights; train s: its fit). Baselines: library "
-        "defaults. AUC: mean ± sample std over seeds.",
-        *DATASET_NOTES.get(args.dataset, []),
+        f"Training: every model to convergence, early stopping on mean validation AUC "
+        f"(patience {args.patience}), best weights restored; epoch cap {args.epochs} for pool "
+        f"members and baselines (Adam lr {args.lr}), {args.fusion_epochs} for fused models "
+        f"(lr {args.fusion_lr}, validated before training: best epoch 0 = the untrained "
+        f"start); batch {args.batch_size}; {args.threads} torch thread(s) per process on a "
+        "shared 2-core CPU machine (train s is wall time, load included). A row whose best "
+        "epoch is within `patience` of its cap on any seed is marked failed.",
+        f"Pool: {pool_text} (embed 16{POOL_NOTES.get(args.dataset, '')}); every fused row "
+        "of a seed fuses that seed's pool. `ensemble-stacked` (b): per task a logistic "
+        "regression on its members' logits, fitted on the validation rows (trainable "
+        "params: its fitted numbers); `ensemble-mean`: their plain mean. `best-member` (a): "
+        "per seed and task, the member with the best validation AUC (form: which). "
+        "`mlp-correction` (c), `akf-own-task` (d, `top_k: 0`) and `emm` (e) start at the "
+        "stacked ensemble and, after training, keep a task's correction only where it "
+        "beats the ensemble on validation. `reference` (f): the authors' formulation.",
+        "Baselines: library defaults; form `parallel` = ESMM/AITM as their reference "
+        "implementations run a non-funnel task mix (no CTR x CVR product, no calibration "
+        "penalty), `funnel` = the papers' form, chosen from the training labels "
+        f"(nested positives: {bench.funnel}). AUC: mean ± sample std over seeds.",
     ]
     title = f"Fusion benchmark: {args.dataset}" + (
         "" if args.dataset == "census" else " (synthetic)"
     )
     output = args.output or REPO / "benchmarks" / "results" / f"fusion_{args.dataset}.md"
-    output.write_text(render(results, title, notes))
+    rows = with_best_members(read_rows(results))
+    output.write_text(render(rows, title, notes))
+    output.with_suffix(".json").write_text(json.dumps(summary_rows(rows), indent=1) + "\n")
     print(output.read_text())
 
 

@@ -2,7 +2,9 @@
 
 `build_baseline(name, schema, tasks=None, **hparams)` builds one; each returns logits
 `[B, T]` for its `task_names` (label columns `task_indices`) and trains in the generic
-loop (AITM brings its calibration term through `compute_loss`).
+loop (AITM brings its calibration term through `compute_loss`). ESMM and AITM have a
+funnel form (the papers') and a plain one (`funnel: false`); `labels_are_nested` tells
+which one a task mix calls for.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from emm_ray.baselines.aitm import AITM
-from emm_ray.baselines.common import MultiTaskBaseline
+from emm_ray.baselines.common import MultiTaskBaseline, labels_are_nested
 from emm_ray.baselines.esmm import ESMM
 from emm_ray.baselines.mmoe import MMoE
 from emm_ray.baselines.ple import PLE
@@ -33,4 +35,4 @@ def build_baseline(
     return BASELINES[name](schema, tasks, **hparams)
 
 
-__all__ = ["BASELINES", "MultiTaskBaseline", "build_baseline"]
+__all__ = ["BASELINES", "MultiTaskBaseline", "build_baseline", "labels_are_nested"]

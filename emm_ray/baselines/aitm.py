@@ -3,10 +3,16 @@
 Each task has its own tower over the shared embedding giving `q_t`. For t >= 1 an
 information-transfer MLP maps the previous task's fused state `z_{t-1}` to `p_{t-1}`,
 and the attention unit (per-token `q.k`, softmax over the two tokens, sum of values)
-fuses `[p_{t-1}; q_t]` into `z_t`. The loss adds the behavioural calibrator: a later
-step (purchase) should not be predicted more likely than the earlier one (click),
-`weight * mean(relu(p_t - p_{t-1}))` per step (mean over rows rather than the paper's
-sum, so the weight does not depend on the batch size).
+fuses `[p_{t-1}; q_t]` into `z_t`. With `funnel` (the paper's form, the default) the
+loss adds the behavioural calibrator: a later step (purchase) should not be predicted
+more likely than the earlier one (click), `weight * mean(relu(p_t - p_{t-1}))` per step
+(mean over rows rather than the paper's sum, so the weight does not depend on the batch
+size).
+
+The calibrator is wrong when later tasks' positives are not subsets of earlier ones'
+(census: income vs never_married). `funnel: false` is the form reference
+implementations run on such task mixes: the information transfer stays, the loss is
+plain mean BCE (`calibration_weight` is then unused).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from emm_ray.baselines.common import BaselineHyperparameters, MultiTaskBaseline,
 class AITMHyperparameters(BaselineHyperparameters):
     tower: Widths = (256, 128, 64)
     calibration_weight: float = Field(0.6, ge=0.0)
+    funnel: bool = True
 
 
 class AttentionUnit(nn.Module):
@@ -68,8 +75,10 @@ class AITM(MultiTaskBaseline):
         return torch.cat([head(s) for head, s in zip(self.logits, states, strict=True)], dim=1)
 
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean BCE over tasks plus the calibration penalty (the generic loop's loss hook)."""
+        """Mean BCE over tasks, plus the calibration penalty with `funnel` (the loop's hook)."""
+        bce = F.binary_cross_entropy_with_logits(logits, labels)
+        if not self.config.funnel:
+            return bce
         probabilities = torch.sigmoid(logits)
         calibration = F.relu(probabilities[:, 1:] - probabilities[:, :-1]).mean(0).sum()
-        bce = F.binary_cross_entropy_with_logits(logits, labels)
         return bce + self.config.calibration_weight * calibration

@@ -65,6 +65,15 @@ class Head(nn.Module):
         return self.logit(self.mlp(state)).squeeze(-1)
 
 
+def labels_are_nested(labels: torch.Tensor) -> bool:
+    """Whether 0/1 `labels` `[N, T]` form a funnel: each task's positives lie within the
+    previous task's (CTCVR within CTR), the premise of ESMM's and AITM's funnel form."""
+    if labels.dim() != 2:
+        raise ValueError(f"labels must be [N, T], got shape {tuple(labels.shape)}")
+    positive = labels > 0.5
+    return not bool((positive[:, 1:] & ~positive[:, :-1]).any())
+
+
 class MultiTaskBaseline(nn.Module, ABC):
     """Base of the baselines: validated hyperparameters and the tasks they predict.
 

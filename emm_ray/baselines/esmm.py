@@ -1,9 +1,15 @@
 """ESMM (Ma et al., SIGIR 2018): CTR and CVR towers over a shared embedding, CTCVR = CTR * CVR.
 
-The first task is CTR (e.g. click), the second CTCVR (e.g. purchase, which implies a
-click). The second column of the output is the logit of `p_ctr * p_cvr`, computed in log
-space, so the generic loop's BCE on it *is* ESMM's CTCVR loss over the whole impression
-space; CVR itself is never supervised directly (that is the point of ESMM).
+With `funnel` (the paper's form, the default) the first task is CTR (e.g. click) and the
+second CTCVR (e.g. purchase, which implies a click). The second column of the output is
+the logit of `p_ctr * p_cvr`, computed in log space, so the generic loop's BCE on it *is*
+ESMM's CTCVR loss over the whole impression space; CVR itself is never supervised
+directly (that is the point of ESMM).
+
+The product forces `p_2 <= p_1`, which is wrong when the second task's positives are not
+a subset of the first's (census: income vs never_married). `funnel: false` is the form
+reference implementations run on such task mixes: each tower predicts its own task
+directly, supervised on its own labels, over the shared embedding.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ _MAX_LOG_PROBABILITY = -1e-7
 
 class ESMMHyperparameters(BaselineHyperparameters):
     tower: Widths = (256, 128, 64)
+    funnel: bool = True
 
 
 def product_logit(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -41,5 +48,6 @@ class ESMM(MultiTaskBaseline):
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         inputs = self.input(sparse, dense)
-        ctr = self.ctr(inputs)
-        return torch.stack([ctr, product_logit(ctr, self.cvr(inputs))], dim=1)
+        ctr, cvr = self.ctr(inputs), self.cvr(inputs)
+        second = product_logit(ctr, cvr) if self.config.funnel else cvr
+        return torch.stack([ctr, second], dim=1)

@@ -4,6 +4,12 @@ Baselines train through the same `run_train_job` as pool members and the fused m
 on the same prepared data, split and `TrainConfig` rules, so the comparison differs
 only in the model. Each baseline is one MLflow run tagged with a digest of its spec,
 the schema hash and the data fingerprint; a rerun reuses finished runs.
+
+ESMM and AITM have a funnel form (the papers') and a plain one. Unless the config sets
+`funnel`, the training split's labels choose: the funnel form only when they are nested
+(each task's positives within the previous task's), so a non-funnel task mix such as
+census's does not make strawmen of them. The chosen value is part of the run's
+hyperparameters, so it is digested, logged and saved with the model.
 """
 
 from __future__ import annotations
@@ -17,10 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow.dataset as ds
+import torch
 from mlflow.tracking import MlflowClient
 from pydantic import Field, model_validator
 
-from emm_ray.baselines import BASELINES, MultiTaskBaseline, build_baseline
+from emm_ray.baselines import BASELINES, MultiTaskBaseline, build_baseline, labels_are_nested
 from emm_ray.baselines.common import parse_hyperparameters
 from emm_ray.config import StrictModel
 from emm_ray.data.prepare import PreparedDataset
@@ -52,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 BASELINE_KIND = "baseline"
 MODEL_ARTIFACT_PATH = "model"
+FUNNEL = "funnel"
 
 
 class BaselineSpec(StrictModel):
@@ -59,7 +69,8 @@ class BaselineSpec(StrictModel):
 
     `hparams` maps a baseline name to its hyperparameters (defaults otherwise); `tasks`
     defaults to all of the dataset's tasks. `train` should match the pool's and the
-    fusion's epoch budget for a fair comparison.
+    fusion's epoch budget for a fair comparison. ESMM's and AITM's `funnel`, when not
+    given, follows the training labels (see `train_labels_nested`).
     """
 
     experiment: str = "emm-baselines"
@@ -85,10 +96,40 @@ class BaselineSpec(StrictModel):
                 raise ValueError(str(exc)) from None
         return self
 
-    def full_hparams(self, name: str) -> dict[str, Any]:
-        """`name`'s hyperparameters with defaults filled in (what gets built)."""
+    def unset_funnel(self) -> list[str]:
+        """Baselines of `names` that have a funnel form but no `funnel` in `hparams`."""
+        return [
+            name
+            for name in self.names
+            if FUNNEL in BASELINES[name].Hyperparameters.model_fields
+            and FUNNEL not in self.hparams.get(name, {})
+        ]
+
+    def full_hparams(self, name: str, *, nested_labels: bool | None = None) -> dict[str, Any]:
+        """`name`'s hyperparameters with defaults filled in (what gets built).
+
+        `nested_labels` (from `train_labels_nested`) sets `funnel` where a baseline has
+        one and `hparams` leaves it unset; without it the default (funnel form) stays.
+        """
         kind = BASELINES[name].Hyperparameters
-        return parse_hyperparameters(name, kind, self.hparams.get(name, {})).model_dump(mode="json")
+        values = dict(self.hparams.get(name, {}))
+        if nested_labels is not None and FUNNEL in kind.model_fields:
+            values.setdefault(FUNNEL, nested_labels)
+        return parse_hyperparameters(name, kind, values).model_dump(mode="json")
+
+
+def train_labels_nested(prepared: PreparedDataset, tasks: Sequence[str]) -> bool:
+    """Whether the training split's labels of `tasks`, in that order, are nested.
+
+    Reads only those label columns, one parquet batch at a time, and stops at the first
+    batch with a row that is not nested.
+    """
+    shards = ds.dataset(prepared.split_dir("train"), format="parquet")
+    for batch in shards.to_batches(columns=list(tasks)):
+        labels = np.stack([batch.column(t).to_numpy(zero_copy_only=False) for t in tasks], axis=1)
+        if not labels_are_nested(torch.from_numpy(labels)):
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -137,8 +178,20 @@ def train_baselines(
     fingerprint = str(prepared.split_info["config_hash"])
     results: dict[str, BaselineRun] = {}
     pending: list[_Pending] = []
+    nested: bool | None = None
+    if unset := spec.unset_funnel():
+        nested = train_labels_nested(prepared, tasks)
+        logger.info(
+            "%s: funnel=%s, as the training labels of %s are %s",
+            ", ".join(unset),
+            nested,
+            ", ".join(tasks),
+            "nested (each task's positives within the previous task's)"
+            if nested
+            else "not nested (set hparams.<name>.funnel to override)",
+        )
     for name in spec.names:
-        hparams = spec.full_hparams(name)
+        hparams = spec.full_hparams(name, nested_labels=nested)
         build_baseline(name, schema, tasks, **hparams)
         lookup = {
             "kind": BASELINE_KIND,
