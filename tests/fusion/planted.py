@@ -39,8 +39,18 @@ def planted_schema(num_tasks: int = 2) -> FeatureSchema:
     )
 
 
-def planted_batch(schema: FeatureSchema, rows: int, seed: int, table_seed: int = 7) -> Batch:
-    """Encoded rows: sparse indices 1..CATEGORIES (0 = OOV unused), standard-normal dense."""
+def planted_batch(
+    schema: FeatureSchema,
+    rows: int,
+    seed: int,
+    table_seed: int = 7,
+    mixing: np.ndarray | None = None,
+) -> Batch:
+    """Encoded rows: sparse indices 1..CATEGORIES (0 = OOV unused), standard-normal dense.
+
+    `mixing[t, s]` is how strongly task s's table enters task t's logit (default: STRONG
+    on the diagonal, WEAK elsewhere).
+    """
     tables = np.random.default_rng(table_seed).normal(
         size=(len(schema.tasks), CATEGORIES, CATEGORIES)
     )
@@ -50,8 +60,10 @@ def planted_batch(schema: FeatureSchema, rows: int, seed: int, table_seed: int =
     signal = np.stack(
         [tables[t][sparse[:, 2 * t], sparse[:, 2 * t + 1]] for t in range(len(schema.tasks))], 1
     )
-    total = signal.sum(1, keepdims=True)
-    logits = STRONG * signal + WEAK * (total - signal)
+    tasks = len(schema.tasks)
+    if mixing is None:
+        mixing = np.full((tasks, tasks), WEAK) + (STRONG - WEAK) * np.eye(tasks)
+    logits = signal @ np.asarray(mixing).T
     labels = (rng.random(logits.shape) < 1 / (1 + np.exp(-logits))).astype(np.float32)
     return Batch(
         sparse=torch.from_numpy(sparse + 1),
