@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from emm_ray.config import StrictModel
-from emm_ray.data.adapters import data_dir, get_adapter
+from emm_ray.data.adapters import Adapter, data_dir, get_adapter
 from emm_ray.data.layout import DatasetLayout
 from emm_ray.data.schema import (
     FeatureSchema,
@@ -59,6 +59,10 @@ class DatasetConfig(StrictModel):
     `../shared/data`). A split without its own file is carved from the training file;
     a test file without a validation file is cut 1:1 into validation and test, as the
     MMoE/PLE papers do with census. Relative paths are taken from the current directory.
+
+    `tasks` chooses the dataset's tasks, in order (census: see docs/census_tasks.md);
+    unset, the dataset's default tasks are used and the config hash is what it was
+    before the setting existed. Datasets with a fixed task set refuse it.
     """
 
     name: Literal["census", "ali_ccp", "aliexpress"] = "census"
@@ -74,6 +78,9 @@ class DatasetConfig(StrictModel):
     rows_per_shard: int = Field(250_000, gt=0)
     chunk_rows: int = Field(250_000, gt=0, description="rows generated/encoded at a time")
     sparse_min_count: int = Field(1, ge=1)
+    tasks: tuple[str, ...] | None = Field(
+        None, description="tasks to prepare, in order; unset: the dataset's default tasks"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetConfig:
@@ -84,6 +91,10 @@ class DatasetConfig(StrictModel):
             raise ValueError("paths are for source: real; a synthetic source takes none")
         if self.train_path is None and any(p is not None for p in paths):
             raise ValueError("validation_path/test_path need a train_path too")
+        try:
+            get_adapter(self.name).check_tasks(self.tasks)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
     def raw_files(self) -> dict[str, Path]:
@@ -200,7 +211,8 @@ def encode_raw_file(schema: FeatureSchema, dataset: str, path: str | Path) -> pa
     """Encode a raw file of `dataset`'s format with an existing (fitted) schema.
 
     For evaluation on new files and serving: categories unseen in training map to the
-    OOV index. The file must have every field and task of the schema.
+    OOV index. The file must have every field and task of the schema; a dataset with a
+    choice of tasks (census) is read for the schema's tasks.
     """
     base = schema.dataset.removesuffix(SYNTHETIC_SUFFIX)
     if base != dataset:
@@ -209,7 +221,8 @@ def encode_raw_file(schema: FeatureSchema, dataset: str, path: str | Path) -> pa
         )
     adapter = get_adapter(dataset)
     path = Path(path)
-    layout = adapter.layout(path)
+    tasks = tuple(schema.task_names) if adapter.task_names else None
+    layout = adapter.layout(path, tasks)
     have = set(layout.sparse) | set(layout.dense_names) | set(layout.task_names)
     missing = [
         n for n in schema.sparse_names + schema.dense_names + schema.task_names if n not in have
@@ -218,13 +231,13 @@ def encode_raw_file(schema: FeatureSchema, dataset: str, path: str | Path) -> pa
         raise SchemaMismatchError(
             f"file {path} lacks fields of schema {schema.hash} ({schema.dataset}): {missing}"
         )
-    return pa.concat_tables([schema.encode(raw) for raw in adapter.iter_chunks(path)])
+    return pa.concat_tables([schema.encode(raw) for raw in adapter.iter_chunks(path, tasks)])
 
 
 def _plan(config: DatasetConfig, files: dict[str, Path]) -> tuple[DatasetLayout, list[_Source]]:
     """The sources to read, in row-id order, each with its split rule."""
     if config.source == "synthetic":
-        generator = SyntheticGenerator(config.name, config.seed)
+        generator = SyntheticGenerator(config.name, config.seed, config.tasks)
         carve = {"validation": config.validation_fraction, "test": config.test_fraction}
         return generator.layout, [
             _Source(
@@ -237,9 +250,9 @@ def _plan(config: DatasetConfig, files: dict[str, Path]) -> tuple[DatasetLayout,
         ]
 
     adapter = get_adapter(config.name)
-    layout = adapter.layout(files["train"])
+    layout = adapter.layout(files["train"], config.tasks)
     for role, path in files.items():
-        if adapter.layout(path) != layout:
+        if adapter.layout(path, config.tasks) != layout:
             raise DataError(
                 f"the {role} file is in another {config.name} form than the train file "
                 f"{files['train']}; all files of one dataset must share a layout",
@@ -263,7 +276,7 @@ def _plan(config: DatasetConfig, files: dict[str, Path]) -> tuple[DatasetLayout,
         "test": test_rule,
     }
     return layout, [
-        _Source(role, files[role], _reader(adapter.iter_chunks, files[role]), rules[role])
+        _Source(role, files[role], _reader(adapter, files[role], config.tasks), rules[role])
         for role in SPLITS
         if role in files
     ]
@@ -280,9 +293,9 @@ def _carved(
 
 
 def _reader(
-    iter_chunks: Callable[[Path], Iterator[pa.Table]], path: Path
+    adapter: Adapter, path: Path, tasks: tuple[str, ...] | None
 ) -> Callable[[], Iterator[pa.Table]]:
-    return lambda: iter_chunks(path)
+    return lambda: adapter.iter_chunks(path, tasks)
 
 
 def _strata(raw: pa.Table, layout: DatasetLayout) -> np.ndarray:
@@ -496,11 +509,13 @@ def _split_record(
 
 
 def _config_hash(config: DatasetConfig, files: dict[str, Path], checksums: dict[str, str]) -> str:
+    """Identifies what was prepared; unset `tasks` is left out, keeping older hashes valid."""
+    exclude = {"train_path", "validation_path", "test_path", "chunk_rows"}
+    if config.tasks is None:
+        exclude.add("tasks")
     payload = {
         "format_version": FORMAT_VERSION,
-        "config": config.model_dump(
-            mode="json", exclude={"train_path", "validation_path", "test_path", "chunk_rows"}
-        ),
+        "config": config.model_dump(mode="json", exclude=exclude),
         "files": {role: str(path) for role, path in files.items()},
         "sha256": checksums,
     }

@@ -10,12 +10,15 @@ How rows are made (all vectorised numpy):
   each dense field draws from a marginal shaped like the real column
   (zero-inflated log-normal money, spiky integers, [0, 1] normalised values);
 - every category and every (transformed, standardised) dense value pushes a row's
-  latent vector `z`: 4 dims are *shared* by all tasks, and each task also owns 2
-  *private* dims; a task's logit is a task-specific mix of the shared dims,
-  its private dims and a shared pairwise interaction (something FM/cross layers can
-  find), scaled to a fixed spread and offset to hit the target positive rate;
+  latent vector `z`: 4 dims (one more than the tasks, if that is more) are *shared*
+  by all tasks, and each task also owns 2 *private* dims; a task's logit is a
+  task-specific mix of the shared dims, its private dims and a shared pairwise
+  interaction (something FM/cross layers can find), scaled to a fixed spread and
+  offset to hit the target positive rate;
 - funnel datasets (`ctr`/`ctcvr`) draw a click, then a conversion among clicks, so
-  `ctcvr <= ctr` row by row as in the real logs.
+  `ctcvr <= ctr` row by row as in the real logs;
+- census takes the same task choice as the real adapter (`tasks`): the features are
+  the real layout's for those tasks, each label hits its real positive rate.
 
 Rows are produced in fixed blocks of `BLOCK_ROWS`, block `b` from its own seed, so row
 `i` is the same whatever chunk size a caller asks for and no more than one block plus
@@ -24,14 +27,14 @@ one chunk is ever in memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from emm_ray.data.adapters import ali_ccp, aliexpress, census
+from emm_ray.data.adapters import ali_ccp, aliexpress, census, get_adapter
 from emm_ray.data.layout import DatasetLayout
 from emm_ray.errors import ConfigError
 
@@ -89,11 +92,20 @@ DenseDist = ZeroInflatedLogNormal | Discrete | UnitInterval
 
 
 @dataclass(frozen=True)
+class TaskChoice:
+    """How a dataset with a choice of tasks looks for a given choice: layout and rates."""
+
+    layout: Callable[[tuple[str, ...]], DatasetLayout]
+    rates: dict[str, float]
+
+
+@dataclass(frozen=True)
 class SyntheticSpec:
     """What to generate for one dataset: per-field cardinalities and marginals, label rates.
 
     `rates` are the target positive rates per task; with `funnel`, the second task is
-    the first AND a conversion (its rate is the joint rate, e.g. CTCVR).
+    the first AND a conversion (its rate is the joint rate, e.g. CTCVR). With a
+    `choice`, `cardinalities` and `dense` cover every field some choice of tasks keeps.
     """
 
     layout: DatasetLayout
@@ -103,6 +115,14 @@ class SyntheticSpec:
     funnel: bool
     zipf: float
     notes: str = field(default="")
+    choice: TaskChoice | None = None
+
+    def for_tasks(self, tasks: tuple[str, ...]) -> SyntheticSpec:
+        """This spec with the chosen tasks (names already checked by the adapter)."""
+        if self.choice is None:
+            raise ConfigError(f"tasks: synthetic {self.layout.dataset!r} has a fixed task set")
+        layout = self.choice.layout(tasks).renamed(self.layout.dataset)
+        return replace(self, layout=layout, rates=tuple(self.choice.rates[t] for t in tasks))
 
 
 def _weeks() -> Discrete:
@@ -112,6 +132,7 @@ def _weeks() -> Discrete:
     return Discrete(values, tuple(probs))
 
 
+# marital_stat is a feature whenever never_married is not a task
 _CENSUS_CARDINALITIES = dict(
     zip(
         census.LAYOUT.sparse,
@@ -119,7 +140,16 @@ _CENSUS_CARDINALITIES = dict(
          43, 43, 43, 5, 3, 3, 3, 2),
         strict=True,
     )
-)  # fmt: skip
+) | {"marital_stat": 7}  # fmt: skip
+_CENSUS_RATES = {
+    "income": 0.062,
+    "never_married": 0.4335,
+    "education_bachelors": 0.1477,
+    "worked_all_year": 0.3524,
+    "capital_income": 0.1325,
+    "foreign_born": 0.1129,
+    "full_time": 0.2042,
+}
 
 _ALI_CCP_CARDINALITIES = dict(
     zip(
@@ -160,6 +190,7 @@ SPECS: dict[str, SyntheticSpec] = {
         funnel=False,
         zipf=1.5,
         notes="cardinalities and label rates of the real census-income.data",
+        choice=TaskChoice(census.task_layout, _CENSUS_RATES),
     ),
     "ali_ccp": SyntheticSpec(
         layout=ali_ccp.RECHUB_LAYOUT.renamed("ali_ccp" + SYNTHETIC_SUFFIX),
@@ -188,24 +219,30 @@ SPECS: dict[str, SyntheticSpec] = {
 }
 
 
-def _spec(dataset: str) -> SyntheticSpec:
+def _spec(dataset: str, tasks: Sequence[str] | None) -> SyntheticSpec:
     try:
-        return SPECS[dataset]
+        spec = SPECS[dataset]
     except KeyError:
         raise ConfigError(
             f"no synthetic generator for dataset {dataset!r}; known: {sorted(SPECS)}"
         ) from None
+    chosen = get_adapter(dataset).check_tasks(tasks)
+    return spec if chosen is None else spec.for_tasks(chosen)
 
 
 class SyntheticGenerator:
-    """Deterministic rows for `dataset` from `seed`; see the module docstring for the model."""
+    """Deterministic rows for `dataset` from `seed`; see the module docstring for the model.
 
-    def __init__(self, dataset: str, seed: int = 0) -> None:
-        self.spec = _spec(dataset)
+    `tasks` chooses the tasks as `DatasetConfig.tasks` does (None: the default tasks).
+    """
+
+    def __init__(self, dataset: str, seed: int = 0, tasks: Sequence[str] | None = None) -> None:
+        self.spec = _spec(dataset, tasks)
         self.seed = seed
         self.layout = self.spec.layout
-        tasks = len(self.layout.tasks)
-        self._latent_dims = SHARED_DIMS + tasks * PRIVATE_DIMS
+        num_tasks = len(self.layout.tasks)
+        self._shared_dims = max(SHARED_DIMS, num_tasks + 1)
+        self._latent_dims = self._shared_dims + num_tasks * PRIVATE_DIMS
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
         cards = [self.spec.cardinalities[n] for n in self.layout.sparse]
         self._categories = [_ZipfCategories(c, self.spec.zipf) for c in cards]
@@ -222,7 +259,7 @@ class SyntheticGenerator:
         self._effect_offsets = np.cumsum([0, *buckets[:-1]]).astype(np.int32)
         self._dense_weights = rng.normal(0.0, 1.0, (len(self.layout.dense), self._latent_dims))
         self._dense_weights *= strength[len(cards) :, None]
-        self._task_weights = self._mix_weights(rng, tasks)
+        self._task_weights = self._mix_weights(rng, num_tasks, self._shared_dims)
 
         calibration = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,)))
         sparse, dense = self._features(calibration, CALIBRATION_ROWS)
@@ -311,24 +348,23 @@ class SyntheticGenerator:
         return z + standard @ self._dense_weights
 
     @staticmethod
-    def _mix_weights(rng: np.random.Generator, tasks: int) -> np.ndarray:
+    def _mix_weights(rng: np.random.Generator, tasks: int, shared_dims: int) -> np.ndarray:
         """Per task: weights on the shared dims, its private dims and the shared interaction.
 
         Shared weights are `SHARED_CORRELATION * b + sqrt(1 - SHARED_CORRELATION**2) * o_t`
-        with `b, o_0, o_1, ...` orthonormal, so every pair of tasks leans on the shared
-        latent with the same cosine (`SHARED_CORRELATION**2`) whatever the seed.
+        with `b, o_0, o_1, ...` orthonormal (hence `shared_dims > tasks`), so every pair of
+        tasks leans on the shared latent with the same cosine (`SHARED_CORRELATION**2`)
+        whatever the seed.
         """
-        if tasks >= SHARED_DIMS:
-            raise ValueError(f"at most {SHARED_DIMS - 1} tasks, got {tasks}")
-        basis, _ = np.linalg.qr(rng.normal(size=(SHARED_DIMS, SHARED_DIMS)))
+        basis, _ = np.linalg.qr(rng.normal(size=(shared_dims, shared_dims)))
         private = rng.normal(size=(tasks, PRIVATE_DIMS))
         interaction = rng.choice([-1.0, 1.0])
-        weights = np.zeros((tasks, SHARED_DIMS + tasks * PRIVATE_DIMS + 1))
+        weights = np.zeros((tasks, shared_dims + tasks * PRIVATE_DIMS + 1))
         rho = SHARED_CORRELATION
         for t in range(tasks):
             shared = rho * basis[:, 0] + np.sqrt(1 - rho**2) * basis[:, 1 + t]
-            weights[t, :SHARED_DIMS] = 0.75 * shared
-            lo = SHARED_DIMS + t * PRIVATE_DIMS
+            weights[t, :shared_dims] = 0.75 * shared
+            lo = shared_dims + t * PRIVATE_DIMS
             weights[t, lo : lo + PRIVATE_DIMS] = 0.5 * private[t] / np.linalg.norm(private[t])
             weights[t, -1] = 0.45 * interaction
         return weights

@@ -51,6 +51,7 @@ def test_real_census_split_sums_and_is_stratified(real_census: PreparedDataset) 
     assert sum(info["splits"][s]["positives"]["income"] for s in SPLITS) == 12_382
     assert real_census.schema.num_features == 39
     assert real_census.schema.task_names == ["income", "never_married"]
+    assert real_census.schema.hash == "a94081e1b11ddfc4"  # frozen before `tasks` existed
 
 
 def test_split_record_names_seed_method_and_source_checksum(
@@ -261,10 +262,8 @@ def test_dataset_yamls_load(tmp_path: Path) -> None:
     for path in configs:
         config = load_yaml_config(path, DatasetConfig)
         stem = path.stem.removesuffix("-synthetic")
-        assert (stem.replace("-", "_"), path.stem != stem) == (
-            config.name,
-            config.source == "synthetic",
-        )
+        dataset = stem.replace("-", "_").removesuffix(f"_{len(config.tasks or ())}tasks")
+        assert (dataset, path.stem != stem) == (config.name, config.source == "synthetic")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: census\nsplit_seed: 3\n")
     with pytest.raises(ConfigError, match="split_seed"):
