@@ -56,7 +56,9 @@ from emm_ray.evaluation.metrics import score_module
 from emm_ray.fusion import EMMModel, FusionConfig, PoolMember
 from emm_ray.fusion.stage import FuseSpec
 from emm_ray.models import build_model
+from emm_ray.runtime import init_ray
 from emm_ray.train.loop import TensorBatches, TrainConfig, fit, seed_everything
+from emm_ray.tune.baselines import load_baseline_search, search_baseline
 
 REPO = Path(__file__).resolve().parents[1]
 # Two members of different architectures per task: (architecture, task position). On
@@ -104,10 +106,13 @@ def fused_variants() -> dict[str, tuple[str, FusionConfig]]:
 DEFAULT_VARIANTS = ["emm", "reference", "mlp-correction", "akf-own-task"]
 
 
-def prepare(dataset: str, rows: int, work_dir: Path) -> PreparedDataset:
+def prepare(
+    dataset: str, rows: int, work_dir: Path, tasks: tuple[str, ...] | None = None
+) -> PreparedDataset:
     if dataset == "census":
-        config = DatasetConfig(name="census", source="real")
-        return prepare_dataset(config, Path(tempfile.gettempdir()) / "emm-bench" / "census-real")
+        config = DatasetConfig(name="census", source="real", tasks=tasks)
+        directory = "census-real" + ("" if tasks is None else "-" + "-".join(tasks))
+        return prepare_dataset(config, Path(tempfile.gettempdir()) / "emm-bench" / directory)
     config = DatasetConfig(name=dataset, source="synthetic", rows=rows, seed=0, sparse_min_count=2)
     return prepare_dataset(config, work_dir / f"{dataset}-synthetic-{rows}")
 
@@ -251,7 +256,11 @@ class Bench:
 
 
 def run_seed(
-    bench: Bench, seed: int, members: tuple[tuple[str, int], ...], variants: list[str]
+    bench: Bench,
+    seed: int,
+    members: tuple[tuple[str, int], ...],
+    variants: dict[str, tuple[str, FusionConfig]],
+    baselines: list[str],
 ) -> None:
     schema = bench.schema
     tasks = schema.task_names
@@ -275,8 +284,8 @@ def run_seed(
         if (seed, f"ensemble-{ensemble}") not in bench.done():
             bench.score_ensemble(seed, pool, ensemble)
     fused_tasks = [t for t in tasks if t in {m.task for m in pool}]
-    for variant, (kind, config) in fused_variants().items():
-        if variant in variants and (seed, variant) not in bench.done():
+    for variant, (kind, config) in variants.items():
+        if (seed, variant) not in bench.done():
             bench.run(
                 seed,
                 variant,
@@ -289,7 +298,7 @@ def run_seed(
                 if config.prediction == "pool_residual"
                 else None,
             )
-    for name in BASELINES:
+    for name in baselines:
         if (seed, name) in bench.done():
             continue
         hparams = {"funnel": bench.funnel} if name in FUNNEL_BASELINES else {}
@@ -302,6 +311,61 @@ def run_seed(
             list(range(len(tasks))),
             tasks,
             form=form,
+        )
+
+
+def searched_baselines(
+    bench: Bench, search: Path, work_dir: Path, baselines: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Per baseline, the best hyperparameters and lr of one Ray Tune search (seed 0's data
+    and split), cached beside the results so a rerun does not search again."""
+    cache = bench.results.with_name(f"{bench.results.stem}-tuned.json")
+    found: dict[str, dict[str, Any]] = json.loads(cache.read_text()) if cache.is_file() else {}
+    spec = load_baseline_search(search)
+    for name in baselines:
+        if name in found:
+            continue
+        init_ray(num_cpus=2)
+        fixed = {"funnel": bench.funnel} if name in FUNNEL_BASELINES else {}
+        started = time.perf_counter()
+        result = search_baseline(
+            name,
+            spec,
+            data_dir=bench.prepared.path,
+            storage_path=work_dir / "tune",
+            fixed=fixed,
+            base_lr=bench.train.lr,
+        )
+        found[name] = {
+            "hparams": result.hparams,
+            "lr": result.lr,
+            "search_val_auc": result.val_auc,
+            "trials": result.trials,
+            "budget": list(spec.budget),
+            "search_seconds": time.perf_counter() - started,
+        }
+        cache.write_text(json.dumps(found, indent=1) + "\n")
+        logger.info("searched %s: %s", name, found[name])
+    return found
+
+
+def run_tuned(bench: Bench, seed: int, searched: dict[str, dict[str, Any]]) -> None:
+    """Each baseline's searched configuration, trained to convergence like every row."""
+    tasks = bench.schema.task_names
+    for name, found in searched.items():
+        model = f"{name}-tuned"
+        if (seed, model) in bench.done():
+            continue
+        funnel = found["hparams"].get("funnel")
+        bench.run(
+            seed,
+            model,
+            "baseline-tuned",
+            lambda n=name, h=found["hparams"]: build_baseline(n, bench.schema, **h),
+            list(range(len(tasks))),
+            tasks,
+            bench.train.model_copy(update={"lr": found["lr"]}),
+            form="" if funnel is None else ("funnel" if funnel else "parallel"),
         )
 
 
@@ -468,17 +532,54 @@ def main() -> None:
         help="fused settings to train (rows already in the results file are kept)",
     )
     parser.add_argument("--rows", type=int, default=300_000, help="synthetic datasets only")
+    parser.add_argument("--tasks", nargs="+", default=None, help="census tasks (default: 2)")
+    parser.add_argument(
+        "--members",
+        nargs="+",
+        default=None,
+        choices=sorted(MEMBER_HPARAMS),
+        help="one member of each architecture per task (default: the dataset's pool)",
+    )
+    parser.add_argument("--top-k", type=int, default=None, help="override the fused top_k")
+    parser.add_argument("--baselines", nargs="+", choices=list(BASELINES), default=list(BASELINES))
+    parser.add_argument("--name", default=None, help="results name (default: the dataset)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (shared machines: 1)")
     parser.add_argument(
         "--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "emm-bench" / "fusion"
     )
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--render-only", action="store_true", help="rewrite the tables only")
+    parser.add_argument(
+        "--tuned",
+        action="store_true",
+        help="also search each baseline with Ray Tune (--baseline-search) and train the best",
+    )
+    parser.add_argument(
+        "--baseline-search", type=Path, default=REPO / "tune_spaces/baselines/default.yaml"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    prepared = prepare(args.dataset, args.rows, args.work_dir)
+    tasks = tuple(args.tasks) if args.tasks else None
+    prepared = prepare(args.dataset, args.rows, args.work_dir, tasks)
+    name = args.name or args.dataset
+    members = (
+        tuple((a, t) for t in range(len(prepared.schema.tasks)) for a in args.members)
+        if args.members
+        else POOLS[args.dataset]
+    )
+    top_k = {} if args.top_k is None else {"top_k": args.top_k}
+    variants = {
+        v: (
+            kind,
+            config.model_copy(update=top_k)
+            if config.correction == "akf" and config.top_k
+            else config,
+        )
+        for v, (kind, config) in fused_variants().items()
+        if v in args.variants
+    }
     train = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -486,12 +587,18 @@ def main() -> None:
         patience=args.patience,
         num_threads=args.threads,
     )
-    results = args.work_dir / f"{args.dataset}.jsonl"
+    results = args.work_dir / f"{name}.jsonl"
     correction_train = train.model_copy(update={"lr": args.fusion_lr, "epochs": args.fusion_epochs})
     bench = Bench(prepared, train, correction_train, results)
     if not args.render_only:
         for seed in args.seeds:
-            run_seed(bench, seed, POOLS[args.dataset], args.variants)
+            run_seed(bench, seed, members, variants, args.baselines)
+        if args.tuned:
+            searched = searched_baselines(
+                bench, args.baseline_search, args.work_dir, args.baselines
+            )
+            for seed in args.seeds:
+                run_tuned(bench, seed, searched)
     source = (
         "real UCI Census-Income (KDD) training file; validation and test carved from it "
         "(10 % each, stratified, seed 0)"
@@ -500,9 +607,7 @@ def main() -> None:
         "generator with planted shared structure): not comparable with published numbers"
     )
     split = prepared.split_info["splits"]
-    pool_text = ", ".join(
-        f"{a} for {prepared.schema.task_names[p]}" for a, p in POOLS[args.dataset]
-    )
+    pool_text = ", ".join(f"{a} for {prepared.schema.task_names[p]}" for a, p in members)
     notes = [
         f"Data: {source}. Rows: train {split['train']['rows']}, validation "
         f"{split['validation']['rows']}, test {split['test']['rows']}.",
@@ -521,15 +626,19 @@ def main() -> None:
         "`mlp-correction` (c), `akf-own-task` (d, `top_k: 0`) and `emm` (e) start at the "
         "stacked ensemble and, after training, keep a task's correction only where it "
         "beats the ensemble on validation. `reference` (f): the authors' formulation.",
-        "Baselines: library defaults; form `parallel` = ESMM/AITM as their reference "
-        "implementations run a non-funnel task mix (no CTR x CVR product, no calibration "
+        "Baselines: library defaults, and `<name>-tuned`: the best of one Ray Tune search "
+        "(tune_spaces/baselines/default.yaml: lr, embedding dim, dropout, widths, expert "
+        "counts; the trials x epochs budget of the fusion's own search, "
+        "tune_spaces/default.yaml) trained to convergence like every row; form `parallel` = "
+        "ESMM/AITM as their reference implementations run a non-funnel task mix "
+        "(no CTR x CVR product, no calibration "
         "penalty), `funnel` = the papers' form, chosen from the training labels "
         f"(nested positives: {bench.funnel}). AUC: mean ± sample std over seeds.",
     ]
     title = f"Fusion benchmark: {args.dataset}" + (
         "" if args.dataset == "census" else " (synthetic)"
     )
-    output = args.output or REPO / "benchmarks" / "results" / f"fusion_{args.dataset}.md"
+    output = args.output or REPO / "benchmarks" / "results" / f"fusion_{name}.md"
     rows = with_best_members(read_rows(results))
     output.write_text(render(rows, title, notes))
     output.with_suffix(".json").write_text(json.dumps(summary_rows(rows), indent=1) + "\n")
