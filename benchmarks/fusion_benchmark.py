@@ -100,6 +100,8 @@ def fused_variants() -> dict[str, tuple[str, FusionConfig]]:
         "mlp-correction": ("ablation", emm.model_copy(update={"correction": "mlp"})),
         "akf-own-task": ("ablation", emm.model_copy(update={"top_k": 0})),
         "emm-fresh-embedding": ("fused", emm.model_copy(update={"embedding": "fresh"})),
+        "emm-dropout": ("fused", emm.model_copy(update={"dropout": 0.2})),
+        "emm-narrow": ("fused", emm.model_copy(update={"d_model": 32, "tower_hidden": (32,)})),
     }
 
 
@@ -136,6 +138,7 @@ class Bench:
         self.correction_train = correction_train
         self.results = results
         self.funnel = labels_are_nested(self.train_data.labels)
+        self.pool_name = results.stem
 
     def done(self) -> set[tuple[int, str]]:
         """(seed, model) pairs already in the results file (re-read: processes share it)."""
@@ -272,8 +275,8 @@ def run_seed(
         def build(architecture: str = architecture, task: str = task) -> nn.Module:
             return build_model(architecture, schema, task, **MEMBER_HPARAMS[architecture])
 
-        checkpoint = bench.results.with_name(f"{bench.results.stem}-seed{seed}-{name}.pt")
-        if (seed, name) in bench.done() and checkpoint.is_file():
+        checkpoint = bench.results.with_name(f"{bench.pool_name}-seed{seed}-{name}.pt")
+        if checkpoint.is_file():  # written after its row: a finished member
             model = build()
             model.load_state_dict(torch.load(checkpoint, weights_only=True))
         else:
@@ -541,8 +544,11 @@ def main() -> None:
         help="one member of each architecture per task (default: the dataset's pool)",
     )
     parser.add_argument("--top-k", type=int, default=None, help="override the fused top_k")
-    parser.add_argument("--baselines", nargs="+", choices=list(BASELINES), default=list(BASELINES))
+    parser.add_argument("--baselines", nargs="*", choices=list(BASELINES), default=list(BASELINES))
     parser.add_argument("--name", default=None, help="results name (default: the dataset)")
+    parser.add_argument(
+        "--pool-from", default=None, help="reuse the trained pools of another results name"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (shared machines: 1)")
     parser.add_argument(
         "--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "emm-bench" / "fusion"
@@ -590,6 +596,7 @@ def main() -> None:
     results = args.work_dir / f"{name}.jsonl"
     correction_train = train.model_copy(update={"lr": args.fusion_lr, "epochs": args.fusion_epochs})
     bench = Bench(prepared, train, correction_train, results)
+    bench.pool_name = args.pool_from or name
     if not args.render_only:
         for seed in args.seeds:
             run_seed(bench, seed, members, variants, args.baselines)
