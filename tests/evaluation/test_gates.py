@@ -34,7 +34,10 @@ def test_gate_report_covers_every_level_task_and_gate(variant: str, tmp_path: Pa
     rows = summarize_gates(model, [batch.slice(slice(0, 20)), batch.slice(slice(20, 50))])
     groups = {(r.level, r.task, r.gate) for r in rows}
     assert groups == {
-        (lv, f"task{t}", g) for lv in (0, 1) for t in range(3) for g in ("task", "fusion")
+        (lv, f"task{t}", g)
+        for lv in (0, 1)
+        for t in range(3)
+        for g in ("task", "fusion", "attention")
     }
     for level, task, gate in groups:
         group = [r for r in rows if (r.level, r.task, r.gate) == (level, task, gate)]
@@ -42,6 +45,11 @@ def test_gate_report_covers_every_level_task_and_gate(variant: str, tmp_path: Pa
         selected = sum(r.selection_rate for r in group)
         if gate == "task":
             assert total_weight == pytest.approx(1.0)
+        elif gate == "attention":  # the merge's weights over [own; selected] sum to one
+            assert total_weight == pytest.approx(1.0)
+            own = next(r for r in group if r.candidate == f"own:{task}")
+            assert own.selection_rate == 1.0
+            assert selected == pytest.approx(3.0 if variant == "emm" else 2.0)
         elif variant == "emm":
             assert 0 < total_weight <= 1 + 1e-6 and selected == pytest.approx(2.0)
             assert all(r.candidate.split("-")[1] != task for r in group)
