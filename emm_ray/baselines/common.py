@@ -18,7 +18,7 @@ from torch import nn
 from emm_ray.config import StrictModel
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.errors import ConfigError
-from emm_ray.models.base import FieldEmbedding
+from emm_ray.models.base import FlatInput
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Widths = Annotated[tuple[PositiveInt, ...], Field(min_length=1)]
@@ -29,18 +29,6 @@ class BaselineHyperparameters(StrictModel):
 
     embed_dim: PositiveInt = 16
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-
-
-class FlatInput(nn.Module):
-    """`(sparse, dense) -> [B, S * dim + D]`: all field embeddings and dense values, flat."""
-
-    def __init__(self, schema: FeatureSchema, dim: int) -> None:
-        super().__init__()
-        self.fields = FieldEmbedding(schema.cardinalities, dim)
-        self.out_width = len(schema.sparse) * dim + len(schema.dense)
-
-    def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.fields(sparse).flatten(1), dense], dim=1)
 
 
 def mlp(in_width: int, hidden: Sequence[int], dropout: float) -> nn.Sequential:

@@ -23,7 +23,7 @@ from emm_ray.fusion.config import FusionConfig
 from emm_ray.fusion.correction import Tower
 from emm_ray.fusion.decompose import AlignedMember
 from emm_ray.fusion.plug import PlugIn
-from emm_ray.models.base import FieldEmbedding
+from emm_ray.models.base import FlatInput
 
 
 @dataclass
@@ -46,18 +46,6 @@ class PoolLayout:
         return [i for i, t in enumerate(self.member_tasks) if t != task]
 
 
-class FreshEmbedding(nn.Module):
-    """A new embedding shared by all members: `[emb(sparse_1) .. emb(sparse_S) | dense]`."""
-
-    def __init__(self, schema: FeatureSchema, dim: int) -> None:
-        super().__init__()
-        self.fields = FieldEmbedding(schema.cardinalities, dim)
-        self.out_width = len(schema.sparse) * dim + len(schema.dense)
-
-    def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.fields(sparse).flatten(1), dense], dim=1)
-
-
 class AKFStack(nn.Module):
     """AKF modules per level and task, plug-ins per level, and a tower per task."""
 
@@ -69,9 +57,7 @@ class AKFStack(nn.Module):
         self.num_levels = num_levels
         self.layout = layout
         self.fresh_embedding = (
-            FreshEmbedding(schema, config.fresh_embedding_dim)
-            if config.embedding == "fresh"
-            else None
+            FlatInput(schema, config.fresh_embedding_dim) if config.embedding == "fresh" else None
         )
         self.fusion = nn.ModuleList(nn.ModuleList() for _ in range(num_levels))
         self.plugins = nn.ModuleList(nn.ModuleList() for _ in range(num_levels))

@@ -127,6 +127,21 @@ class FieldEmbedding(nn.Module):
         return _Gather.apply(self.weight, rows).view(*sparse.shape, self.dim)
 
 
+class FlatInput(nn.Module):
+    """`(sparse, dense) -> [B, S * dim + D]`: all field embeddings and dense values, flat.
+
+    The input of the end-to-end baselines and of the fusion's fresh embedding.
+    """
+
+    def __init__(self, schema: FeatureSchema, dim: int) -> None:
+        super().__init__()
+        self.fields = FieldEmbedding(schema.cardinalities, dim)
+        self.out_width = len(schema.sparse) * dim + len(schema.dense)
+
+    def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.fields(sparse).flatten(1), dense], dim=1)
+
+
 @dataclass(frozen=True)
 class Decomposition:
     """A model's hierarchy: the pieces EMM aligns level by level (shared, not copied)."""
