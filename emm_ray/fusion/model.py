@@ -132,8 +132,10 @@ class EMMModel(nn.Module):
         needs_native = self.config.prediction == "pool_residual" or self.heads is not None
         if self.stack is None or self.stack.fresh_embedding is None:
             embedded = {i: m.embed(sparse, dense) for i, m in enumerate(self.members)}
-        else:
-            embedded = {i: self.members[i].embed(sparse, dense) for i in founders}
+        else:  # the fresh embedding feeds the stack; members embed only for their own pass
+            embedded = (
+                {i: self.members[i].embed(sparse, dense) for i in founders} if needs_native else {}
+            )
         native = {i: self.members[i].native(embedded[i]) for i in founders} if needs_native else {}
         rows = sparse.shape[0]
         records: list[GateRecord] = []
