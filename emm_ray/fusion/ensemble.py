@@ -4,8 +4,8 @@ A task's ensemble combines the logits of the task's own (founding) pool members;
 fused model's tower adds a learned correction to it. `mean` is their plain mean.
 `stacked` fits, once before fusion training, a logistic regression on those logits over
 the validation rows (a weight per member and a bias, float64 L-BFGS, started at the
-mean), so a weak member no longer drags the start below the strong one (synthetic
-AliExpress, test AUC ctr / ctcvr: mean .9072 / .9665, stacked .9126 / .9756).
+mean), so a weak member no longer drags the start below the strong one
+(measured in docs/ARCHITECTURE.md).
 Held-out rows, as stacked generalisation requires: members are over-confident on the
 rows they were trained on, and the fit would favour whichever overfits most. It fits
 k + 1 numbers per task, so the validation AUC that early stopping reads afterwards stays
