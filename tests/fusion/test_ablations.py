@@ -123,20 +123,29 @@ def test_a_task_whose_correction_hurts_keeps_the_ensemble_the_other_keeps_its_ow
     assert torch.equal(logits(reloaded, planted), fused)  # the choice is saved with the weights
 
 
-def test_the_training_loop_makes_the_choice_after_restoring_the_best_weights(
+def test_the_training_loop_makes_the_choice_on_the_weights_it_returns(
     planted: Planted, planted_pool: list[PoolMember]
 ) -> None:
     seed_everything(0)
     model = EMMModel(planted.schema, planted_pool, residual())
-    seen: list[bool] = []
-    original = model.finish_training
-
-    def spy(batches):  # records that the loop calls the hook, then makes the real choice
-        seen.append(True)
-        return original(batches)
-
-    model.finish_training = spy  # type: ignore[method-assign]
+    with (
+        torch.no_grad()
+    ):  # task1 starts with a correction that hurts, and an lr too small to mend it
+        tower = model.stack.towers[1].mlp
+        tower[-1].weight.normal_(0.0, 1.0)
+        tower[-1].weight.mul_(-50.0 * torch.sign(tower[-1].weight))
+        tower[-1].bias.zero_()
     train_module(
-        model, planted.train, planted.validation, model.task_indices, quick_config(epochs=1)
+        model,
+        planted.train,
+        planted.validation,
+        model.task_indices,
+        quick_config(lr=1e-9, batch_size=512, epochs=1, validate_initial=True),
     )
-    assert seen == [True]
+    assert not bool(model.ensemble.correction_mask()[1]), "the loop did not drop task1's correction"
+    chosen = model.ensemble.correction_mask().tolist()
+    with torch.no_grad():
+        for ensemble in model.ensemble.tasks:  # undo the loop's choice, then choose again
+            ensemble.correction_enabled.fill_(True)
+    again = model.finish_training(TensorBatches(planted.validation, 1000).batches(0))
+    assert [again[t]["kept"] for t in model.task_names] == chosen
