@@ -53,6 +53,7 @@ from emm_ray.config import load_yaml_config
 from emm_ray.data.batch import Batch
 from emm_ray.data.prepare import DatasetConfig, PreparedDataset, prepare_dataset
 from emm_ray.data.streaming import load_split
+from emm_ray.data.synthetic import SyntheticGenerator
 from emm_ray.evaluation.metrics import score_module
 from emm_ray.fusion import EMMModel, FusionConfig, PoolMember
 from emm_ray.fusion.stage import FuseSpec
@@ -81,6 +82,20 @@ MEMBER_HPARAMS: dict[str, dict[str, Any]] = {
     "dcn_v2": {"embed_dim": 16, "hidden": (256, 128, 64)},
     "wide_deep": {"embed_dim": 16, "hidden": (128, 64)},
 }
+# `--split-features` (census): two teams, each with its own fields, as when the income
+# and the never-married models were built by different teams from different tables. The
+# income members see the employment and money record only; the never-married members see
+# the person and household only. What one task's members lack, the other's components
+# hold: the cross-task path of the AKF stack is the only part of the fused model that
+# can bring it over (the ensemble and the own-task MLP correction cannot).
+EMPLOYMENT_FIELDS = (
+    "class_of_worker", "detailed_industry_recode", "detailed_occupation_recode",
+    "major_industry_code", "major_occupation_code", "member_of_a_labor_union",
+    "reason_for_unemployment", "full_or_part_time_employment_stat",
+    "own_business_or_self_employed", "wage_per_hour", "num_persons_worked_for_employer",
+    "weeks_worked_in_year", "capital_gains", "capital_losses", "dividends_from_stocks",
+)  # fmt: skip
+SPLIT_FEATURES_TEAMS = {"income": "employment", "never_married": "household"}
 FUNNEL_BASELINES = ("esmm", "aitm")
 # Table order of the kinds; the JSON twin uses the same names.
 KINDS = ("fused", "ablation", "ensemble", "pool", "baseline", "baseline-tuned")
@@ -110,14 +125,21 @@ DEFAULT_VARIANTS = ["emm", "reference", "mlp-correction", "akf-own-task"]
 
 
 def prepare(
-    dataset: str, rows: int, work_dir: Path, tasks: tuple[str, ...] | None = None
+    dataset: str,
+    rows: int,
+    work_dir: Path,
+    tasks: tuple[str, ...] | None = None,
+    regime: str = "planted",
 ) -> PreparedDataset:
     if dataset == "census":
         config = DatasetConfig(name="census", source="real", tasks=tasks)
         directory = "census-real" + ("" if tasks is None else "-" + "-".join(tasks))
         return prepare_dataset(config, Path(tempfile.gettempdir()) / "emm-bench" / directory)
-    config = DatasetConfig(name=dataset, source="synthetic", rows=rows, seed=0, sparse_min_count=2)
-    return prepare_dataset(config, work_dir / f"{dataset}-synthetic-{rows}")
+    config = DatasetConfig(
+        name=dataset, source="synthetic", rows=rows, seed=0, sparse_min_count=2, regime=regime
+    )
+    suffix = "" if regime == "planted" else f"-{regime}"
+    return prepare_dataset(config, work_dir / f"{dataset}-synthetic-{rows}{suffix}")
 
 
 class Bench:
@@ -140,6 +162,15 @@ class Bench:
         self.results = results
         self.funnel = labels_are_nested(self.train_data.labels)
         self.pool_name = results.stem
+        self.ignored: dict[str, tuple[str, ...]] = {}
+
+    def split_features(self) -> None:
+        """Census members see only their team's fields (`SPLIT_FEATURES_TEAMS`)."""
+        fields = {*self.schema.sparse_names, *self.schema.dense_names}
+        employment = set(EMPLOYMENT_FIELDS) & fields
+        for task, team in SPLIT_FEATURES_TEAMS.items():
+            blind = fields - employment if team == "employment" else employment
+            self.ignored[task] = tuple(sorted(blind))
         self.fusion_rows: tuple[Batch, Batch] | None = None
 
     def fuse_on_validation_halves(self) -> None:
@@ -288,7 +319,8 @@ def run_seed(
         name = f"{architecture}_{task}"
 
         def build(architecture: str = architecture, task: str = task) -> nn.Module:
-            return build_model(architecture, schema, task, **MEMBER_HPARAMS[architecture])
+            hparams = MEMBER_HPARAMS[architecture] | {"ignore_fields": bench.ignored.get(task, ())}
+            return build_model(architecture, schema, task, **hparams)
 
         checkpoint = bench.results.with_name(f"{bench.pool_name}-seed{seed}-{name}.pt")
         if checkpoint.is_file():  # written after its row: a finished member
@@ -559,6 +591,12 @@ def main() -> None:
         help="fused settings to train (rows already in the results file are kept)",
     )
     parser.add_argument("--rows", type=int, default=300_000, help="synthetic datasets only")
+    parser.add_argument(
+        "--regime",
+        choices=["planted", "published"],
+        default="planted",
+        help="synthetic datasets: planted signal, or the real dataset's rates and AUC levels",
+    )
     parser.add_argument("--tasks", nargs="+", default=None, help="census tasks (default: 2)")
     parser.add_argument(
         "--members",
@@ -568,6 +606,12 @@ def main() -> None:
         help="one member of each architecture per task (default: the dataset's pool)",
     )
     parser.add_argument("--top-k", type=int, default=None, help="override the fused top_k")
+    parser.add_argument(
+        "--split-features",
+        action="store_true",
+        help="census: income members see employment fields only, never-married members "
+        "the person and household fields only",
+    )
     parser.add_argument("--baselines", nargs="*", choices=list(BASELINES), default=list(BASELINES))
     parser.add_argument("--name", default=None, help="results name (default: the dataset)")
     parser.add_argument(
@@ -598,7 +642,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     tasks = tuple(args.tasks) if args.tasks else None
-    prepared = prepare(args.dataset, args.rows, args.work_dir, tasks)
+    prepared = prepare(args.dataset, args.rows, args.work_dir, tasks, args.regime)
     name = args.name or args.dataset
     members = (
         tuple((a, t) for t in range(len(prepared.schema.tasks)) for a in args.members)
@@ -629,6 +673,8 @@ def main() -> None:
     bench.pool_name = args.pool_from or name
     if args.fuse_on_validation:
         bench.fuse_on_validation_halves()
+    if args.split_features:
+        bench.split_features()
     if not args.render_only:
         for seed in args.seeds:
             run_seed(bench, seed, members, variants, args.baselines)
@@ -645,6 +691,17 @@ def main() -> None:
         else f"SYNTHETIC data with the {args.dataset} schema ({args.rows} rows, seeded "
         "generator with planted shared structure): not comparable with published numbers"
     )
+    if args.regime == "published":
+        generator = SyntheticGenerator(args.dataset, 0, regime="published")
+        published = generator.spec.published
+        ceiling = ", ".join(
+            f"{task} {auc:.2f}"
+            for task, auc in zip(prepared.schema.task_names, published.oracle_aucs, strict=True)
+        )
+        source += (
+            f"; regime `published`: {published.source}; the generating probabilities' own "
+            f"AUC (the ceiling of any model) is {ceiling}"
+        )
     split = prepared.split_info["splits"]
     pool_text = ", ".join(f"{a} for {prepared.schema.task_names[p]}" for a, p in members)
     notes = [
@@ -674,6 +731,14 @@ def main() -> None:
         "penalty), `funnel` = the papers' form, chosen from the training labels "
         f"(nested positives: {bench.funnel}). AUC: mean ± sample std over seeds.",
     ]
+    if args.split_features:
+        notes.append(
+            "SPLIT-FEATURES POOL: the income members were built on the employment and money "
+            f"fields only ({', '.join(EMPLOYMENT_FIELDS)}); the never-married members on "
+            "every other field (the person and household) only (`ignore_fields`: those "
+            "inputs read as the OOV bucket / 0). Fused models and baselines see what their "
+            "parts see: the fused model only its members, the baselines every field."
+        )
     if args.fuse_on_validation:
         notes.append(
             "DIAGNOSIS RUN: the fused rows trained on a random half of the validation split "
@@ -682,7 +747,7 @@ def main() -> None:
             f"Pools reused from `{bench.pool_name}` (same seeds)."
         )
     title = f"Fusion benchmark: {args.dataset}" + (
-        "" if args.dataset == "census" else " (synthetic)"
+        "" if args.dataset == "census" else f" (synthetic, {args.regime} regime)"
     )
     output = args.output or REPO / "benchmarks" / "results" / f"fusion_{name}.md"
     rows = with_best_members(read_rows(results))

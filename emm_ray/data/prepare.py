@@ -42,7 +42,7 @@ from emm_ray.data.schema import (
     transform_dense,
 )
 from emm_ray.data.split import SPLITS, FixedSplit, StratifiedSplitter, strata
-from emm_ray.data.synthetic import SYNTHETIC_SUFFIX, SyntheticGenerator
+from emm_ray.data.synthetic import SPECS, SYNTHETIC_SUFFIX, Regime, SyntheticGenerator
 from emm_ray.errors import ConfigError, DataError, SchemaMismatchError
 
 FORMAT_VERSION = 1
@@ -81,6 +81,11 @@ class DatasetConfig(StrictModel):
     tasks: tuple[str, ...] | None = Field(
         None, description="tasks to prepare, in order; unset: the dataset's default tasks"
     )
+    regime: Regime = Field(
+        "planted",
+        description="synthetic source: `planted` (strong planted signal, easy label rates) "
+        "or `published` (the real dataset's label rates and AUC levels)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetConfig:
@@ -91,6 +96,13 @@ class DatasetConfig(StrictModel):
             raise ValueError("paths are for source: real; a synthetic source takes none")
         if self.train_path is None and any(p is not None for p in paths):
             raise ValueError("validation_path/test_path need a train_path too")
+        if self.regime == "published" and (
+            self.source == "real" or SPECS[self.name].published is None
+        ):
+            raise ValueError(
+                f"regime: published is a synthetic setting of ali_ccp and aliexpress "
+                f"(got source {self.source!r}, name {self.name!r})"
+            )
         try:
             get_adapter(self.name).check_tasks(self.tasks)
         except ConfigError as exc:
@@ -237,7 +249,7 @@ def encode_raw_file(schema: FeatureSchema, dataset: str, path: str | Path) -> pa
 def _plan(config: DatasetConfig, files: dict[str, Path]) -> tuple[DatasetLayout, list[_Source]]:
     """The sources to read, in row-id order, each with its split rule."""
     if config.source == "synthetic":
-        generator = SyntheticGenerator(config.name, config.seed, config.tasks)
+        generator = SyntheticGenerator(config.name, config.seed, config.tasks, config.regime)
         carve = {"validation": config.validation_fraction, "test": config.test_fraction}
         return generator.layout, [
             _Source(
@@ -509,10 +521,13 @@ def _split_record(
 
 
 def _config_hash(config: DatasetConfig, files: dict[str, Path], checksums: dict[str, str]) -> str:
-    """Identifies what was prepared; unset `tasks` is left out, keeping older hashes valid."""
+    """Identifies what was prepared; unset `tasks` and the default `regime` are left out,
+    keeping older hashes valid."""
     exclude = {"train_path", "validation_path", "test_path", "chunk_rows"}
     if config.tasks is None:
         exclude.add("tasks")
+    if config.regime == "planted":
+        exclude.add("regime")
     payload = {
         "format_version": FORMAT_VERSION,
         "config": config.model_dump(mode="json", exclude=exclude),

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -89,6 +90,20 @@ class UnitInterval:
 
 
 DenseDist = ZeroInflatedLogNormal | Discrete | UnitInterval
+Regime = Literal["planted", "published"]
+
+
+@dataclass(frozen=True)
+class PublishedRegime:
+    """Label rates and AUC levels reported for the real dataset (`regime: published`).
+
+    `oracle_aucs` is what a model that knew the generating probabilities would score:
+    trained models land below it, as real models land below what the logs allow.
+    """
+
+    rates: tuple[float, ...]
+    oracle_aucs: tuple[float, ...]
+    source: str
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,7 @@ class SyntheticSpec:
     zipf: float
     notes: str = field(default="")
     choice: TaskChoice | None = None
+    published: PublishedRegime | None = None
 
     def for_tasks(self, tasks: tuple[str, ...]) -> SyntheticSpec:
         """This spec with the chosen tasks (names already checked by the adapter)."""
@@ -203,6 +219,12 @@ SPECS: dict[str, SyntheticSpec] = {
             "cardinalities near the AITM-preprocessed vocabularies; CTR as in ESMM's data "
             "(4%), CTCVR raised from the real ~0.02% to 0.6% so small runs have positives"
         ),
+        published=PublishedRegime(
+            rates=(0.0405, 0.00021),
+            oracle_aucs=(0.62, 0.65),
+            source="Ali-CCP as published (ESMM): 84M impressions, CTR 4.05%, CTCVR 0.021%; "
+            "AUC levels of published CTR/CTCVR models (about .62/.65)",
+        ),
     ),
     "aliexpress": SyntheticSpec(
         layout=aliexpress.LAYOUT.renamed("aliexpress" + SYNTHETIC_SUFFIX),
@@ -215,11 +237,18 @@ SPECS: dict[str, SyntheticSpec] = {
             "cardinalities sized from the shared sample's id ranges; CTR 2.5% as in the "
             "real data, CTCVR 0.3% (real: well under 0.1%) so small runs have positives"
         ),
+        published=PublishedRegime(
+            rates=(0.025, 0.0005),
+            oracle_aucs=(0.72, 0.87),
+            source="AliExpress: CTR 2.5%, CTCVR 0.05% (an assumed value: the real rate is "
+            "well under 0.1%, no exact figure at hand); AUC levels of published CTR/CTCVR "
+            "models (about .72/.87)",
+        ),
     ),
 }
 
 
-def _spec(dataset: str, tasks: Sequence[str] | None) -> SyntheticSpec:
+def _spec(dataset: str, tasks: Sequence[str] | None, regime: Regime) -> SyntheticSpec:
     try:
         spec = SPECS[dataset]
     except KeyError:
@@ -227,17 +256,34 @@ def _spec(dataset: str, tasks: Sequence[str] | None) -> SyntheticSpec:
             f"no synthetic generator for dataset {dataset!r}; known: {sorted(SPECS)}"
         ) from None
     chosen = get_adapter(dataset).check_tasks(tasks)
-    return spec if chosen is None else spec.for_tasks(chosen)
+    spec = spec if chosen is None else spec.for_tasks(chosen)
+    if regime == "planted":
+        return spec
+    if spec.published is None:
+        known = sorted(name for name, s in SPECS.items() if s.published is not None)
+        raise ConfigError(
+            f"regime: no published regime for synthetic {dataset!r}; datasets with one: {known}"
+        )
+    return replace(spec, rates=spec.published.rates, notes=spec.published.source)
 
 
 class SyntheticGenerator:
     """Deterministic rows for `dataset` from `seed`; see the module docstring for the model.
 
     `tasks` chooses the tasks as `DatasetConfig.tasks` does (None: the default tasks).
+    `regime: published` replaces the planted regime's fixed logit spread and easy label
+    rates by the real dataset's rates and AUC levels (`PublishedRegime`).
     """
 
-    def __init__(self, dataset: str, seed: int = 0, tasks: Sequence[str] | None = None) -> None:
-        self.spec = _spec(dataset, tasks)
+    def __init__(
+        self,
+        dataset: str,
+        seed: int = 0,
+        tasks: Sequence[str] | None = None,
+        regime: Regime = "planted",
+    ) -> None:
+        self.spec = _spec(dataset, tasks, regime)
+        self.regime = regime
         self.seed = seed
         self.layout = self.spec.layout
         num_tasks = len(self.layout.tasks)
@@ -268,8 +314,11 @@ class SyntheticGenerator:
         z = self._raw_latent(sparse, dense)
         self._z_mean, self._z_std = z.mean(0), z.std(0) + 1e-9
         scores = self._scores((z - self._z_mean) / self._z_std)
-        self._scale = LOGIT_STD / scores.std(0)
-        self._bias = self._calibrate(scores * self._scale)
+        if self.spec.published is not None and regime == "published":
+            self._scale, self._bias = self._calibrate_aucs(scores, self.spec.published.oracle_aucs)
+        else:
+            self._scale = LOGIT_STD / scores.std(0)
+            self._bias = self._calibrate(scores * self._scale)
 
     def describe(self, rows: int) -> dict[str, object]:
         """What generated a dataset, for its `split.json`."""
@@ -277,6 +326,7 @@ class SyntheticGenerator:
             "generator": "emm_ray.data.synthetic",
             "dataset": self.layout.dataset,
             "seed": self.seed,
+            "regime": self.regime,
             "rows": rows,
             "target_positive_rates": dict(
                 zip(self.layout.task_names, self.spec.rates, strict=True)
@@ -305,14 +355,26 @@ class SyntheticGenerator:
         chunks = list(self.iter_chunks(rows, max(rows, 1)))
         return pa.concat_tables(chunks) if chunks else self.layout.raw_schema().empty_table()
 
-    def _block(self, block: int) -> pa.Table:
+    def probabilities(self, rows: int) -> np.ndarray:
+        """`[rows, tasks]`: the probability each of rows `[0, rows)` was drawn positive
+        with (a funnel's second task: click AND conversion), the ceiling any model has."""
+        blocks = [self._draw(b)[2] for b in range((rows + BLOCK_ROWS - 1) // BLOCK_ROWS)]
+        return np.concatenate(blocks)[:rows] if blocks else np.empty((0, len(self._bias)))
+
+    def _draw(self, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One block's sparse indices, dense values, positive probabilities and labels."""
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(1, block)))
         sparse, dense = self._features(rng, BLOCK_ROWS)
         z = (self._raw_latent(sparse, dense) - self._z_mean) / self._z_std
-        logits = self._scores(z) * self._scale + self._bias
-        labels = rng.random(logits.shape) < _sigmoid(logits)
+        probability = _sigmoid(self._scores(z) * self._scale + self._bias)
+        labels = rng.random(probability.shape) < probability
         if self.spec.funnel:
             labels[:, 1] &= labels[:, 0]
+            probability[:, 1] *= probability[:, 0]
+        return sparse, dense, probability, labels
+
+    def _block(self, block: int) -> pa.Table:
+        sparse, dense, _, labels = self._draw(block)
         columns: dict[str, pa.Array] = {}
         for name, index, categories in zip(
             self.layout.sparse, sparse.T, self._categories, strict=True
@@ -383,6 +445,55 @@ class SyntheticGenerator:
                 lambda b, t=t, gate=gate: np.mean(gate * _sigmoid(logits[:, t] + b)), rate
             )
         return bias
+
+    def _calibrate_aucs(
+        self, scores: np.ndarray, targets: Sequence[float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-task scale and offset hitting the target rates and oracle AUCs.
+
+        Task by task (a funnel's second task sits on the first's click probability): for a
+        trial scale, the offset that hits the rate; bisection on the scale until the
+        probabilities' expected AUC, `oracle_auc`, is the target.
+        """
+        scale = np.ones(scores.shape[1])
+        bias = np.zeros(scores.shape[1])
+        for t, target in enumerate(targets):
+            gate = (
+                _sigmoid(scores[:, 0] * scale[0] + bias[0])
+                if self.spec.funnel and t == 1
+                else np.ones(len(scores))
+            )
+
+            def probability(s: float, t: int = t, gate: np.ndarray = gate) -> np.ndarray:
+                b = _solve(
+                    lambda b: np.mean(gate * _sigmoid(scores[:, t] * s + b)), self.spec.rates[t]
+                )
+                return gate * _sigmoid(scores[:, t] * s + b)
+
+            lo, hi = 1e-3, 20.0 / scores[:, t].std()
+            for _ in range(40):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if oracle_auc(probability(mid)) < target else (lo, mid)
+            scale[t] = (lo + hi) / 2
+            bias[t] = _solve(
+                lambda b, t=t, gate=gate: np.mean(gate * _sigmoid(scores[:, t] * scale[t] + b)),
+                self.spec.rates[t],
+            )
+        return scale, bias
+
+
+def oracle_auc(probability: np.ndarray) -> float:
+    """Expected AUC of ranking rows by their own positive probability, labels ~ Bernoulli.
+
+    Over all (positive i, negative j) pairs weighted `p_i (1 - p_j)`, the share ranked
+    right: with rows sorted by probability, each row's positive mass times the negative
+    mass below it.
+    """
+    p = np.sort(probability)
+    negative = 1.0 - p
+    below = np.cumsum(negative) - negative
+    pairs = p.sum() * negative.sum() - np.sum(p * negative)
+    return float(np.sum(p * below) / pairs)
 
 
 class _ZipfCategories:

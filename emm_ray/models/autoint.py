@@ -16,13 +16,17 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional
 
-from emm_ray.config import StrictModel
 from emm_ray.data.schema import FeatureSchema
-from emm_ray.models.base import Component, DecomposableModel, ModelEmbedding
+from emm_ray.models.base import (
+    Component,
+    DecomposableModel,
+    ModelEmbedding,
+    ModelHyperparameters,
+)
 from emm_ray.models.layers import FieldStack, LinearTower, PositiveInt
 
 
-class AutoIntHyperparameters(StrictModel):
+class AutoIntHyperparameters(ModelHyperparameters):
     """AutoInt: field embedding size, number of interacting layers, attention shape."""
 
     embed_dim: PositiveInt = 16

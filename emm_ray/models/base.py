@@ -142,6 +142,53 @@ class FlatInput(nn.Module):
         return torch.cat([self.fields(sparse).flatten(1), dense], dim=1)
 
 
+class ModelHyperparameters(StrictModel):
+    """What every architecture takes: `ignore_fields`, input fields the model must not
+    use (a team whose model never had them; pools whose members saw different fields)."""
+
+    ignore_fields: tuple[str, ...] = ()
+
+
+def resolved_hyperparameters(config: StrictModel, mode: str = "json") -> dict[str, Any]:
+    """Every hyperparameter, defaults included; `ignore_fields` only when set, so the
+    hyperparameters (and digests) of models without it are what they were before it."""
+    values = config.model_dump(mode=mode)
+    if not values.get("ignore_fields"):
+        values.pop("ignore_fields", None)
+    return values
+
+
+def ignore_fields(
+    embedding: ModelEmbedding, schema: FeatureSchema, names: Sequence[str], architecture: str
+) -> None:
+    """Make `embedding` blind to the named fields: sparse ones read as the OOV bucket,
+    dense ones as 0, so the model cannot use them (a team whose model never had them).
+
+    A pre-hook on the embedding rather than a wrapper: the state-dict names stay the
+    architecture's own, and every user of the embedding (the model, its decomposition,
+    the fused model) sees the same blind inputs.
+    """
+    known = {*schema.sparse_names, *schema.dense_names}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ConfigError(
+            f"architecture {architecture!r}: ignore_fields names unknown fields {unknown}; "
+            f"fields: {sorted(known)}"
+        )
+    keep_sparse = torch.tensor([n not in names for n in schema.sparse_names], dtype=torch.long)
+    keep_dense = torch.tensor([n not in names for n in schema.dense_names], dtype=torch.float32)
+    embedding.register_buffer("keep_sparse", keep_sparse, persistent=False)
+    embedding.register_buffer("keep_dense", keep_dense, persistent=False)
+    embedding.register_forward_pre_hook(_blind_inputs)
+
+
+def _blind_inputs(
+    embedding: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    sparse, dense = inputs
+    return sparse * embedding.keep_sparse, dense * embedding.keep_dense
+
+
 @dataclass(frozen=True)
 class Decomposition:
     """A model's hierarchy: the pieces EMM aligns level by level (shared, not copied)."""
@@ -161,10 +208,11 @@ class DecomposableModel(nn.Module, ABC):
     tower; the base validates the hyperparameters and checks that declared widths chain.
     `hparams` holds every hyperparameter, defaults included, so
     `build_model(architecture, schema, task, **model.hparams)` rebuilds the same shape.
+    `Hyperparameters` derive from `ModelHyperparameters` (`ignore_fields`).
     """
 
     architecture: ClassVar[str]
-    Hyperparameters: ClassVar[type[StrictModel]]
+    Hyperparameters: ClassVar[type[ModelHyperparameters]]
 
     def __init__(self, schema: FeatureSchema, task: str, **hparams: Any) -> None:
         super().__init__()
@@ -178,8 +226,10 @@ class DecomposableModel(nn.Module, ABC):
         cardinalities = torch.tensor(schema.cardinalities, dtype=torch.long)
         self.register_buffer("cardinalities", cardinalities, persistent=False)
         self.config = self.parse_hyperparameters(hparams)
-        self.hparams: dict[str, Any] = self.config.model_dump()
+        self.hparams: dict[str, Any] = resolved_hyperparameters(self.config, mode="python")
         embedding, blocks, tower = self.build(schema, self.config)
+        if self.config.ignore_fields:
+            ignore_fields(embedding, schema, self.config.ignore_fields, self.architecture)
         self.embedding = embedding
         self.blocks = nn.ModuleList(blocks)
         self.tower = tower

@@ -12,13 +12,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from emm_ray.config import StrictModel
-from emm_ray.models.base import Component, FieldEmbedding, ModelEmbedding
+from emm_ray.models.base import Component, FieldEmbedding, ModelEmbedding, ModelHyperparameters
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
 
-class DeepHyperparameters(StrictModel):
+class DeepHyperparameters(ModelHyperparameters):
     """Hyperparameters of every architecture with an embedding and a deep (MLP) path."""
 
     embed_dim: PositiveInt = 16

@@ -23,6 +23,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from emm_ray.config import StrictModel, load_yaml_config
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.errors import ConfigError
+from emm_ray.models.base import resolved_hyperparameters
 from emm_ray.models.registry import parse_hyperparameters
 from emm_ray.train.loop import TrainConfig
 from emm_ray.train.ray_job import DataMode, WorkerResources
@@ -50,7 +51,7 @@ class MemberSpec(StrictModel):
 
     def full_hparams(self) -> dict[str, Any]:
         """Hyperparameters with the architecture's defaults filled in (what gets built)."""
-        return parse_hyperparameters(self.architecture, self.hparams).model_dump(mode="json")
+        return resolved_hyperparameters(parse_hyperparameters(self.architecture, self.hparams))
 
 
 class PoolSpec(StrictModel):

@@ -12,8 +12,9 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import OneHotEncoder
 
 from emm_ray.data.adapters import ali_ccp, aliexpress, census
+from emm_ray.data.prepare import DatasetConfig
 from emm_ray.data.schema import FeatureSchema, fit_dense_field, fit_sparse_field
-from emm_ray.data.synthetic import BLOCK_ROWS, SyntheticGenerator
+from emm_ray.data.synthetic import BLOCK_ROWS, SyntheticGenerator, oracle_auc
 from emm_ray.errors import ConfigError
 
 REAL_LAYOUTS = {
@@ -125,3 +126,47 @@ def _sparse(encoded, schema: FeatureSchema) -> np.ndarray:
 def test_unknown_synthetic_dataset() -> None:
     with pytest.raises(ConfigError, match="no synthetic generator for dataset 'movielens'"):
         SyntheticGenerator("movielens")
+
+
+@pytest.mark.parametrize("dataset", ["ali_ccp", "aliexpress"])
+def test_published_regime_hits_the_real_rates_and_auc_levels(dataset: str) -> None:
+    """Fresh rows (not the calibration rows): rates and the probabilities' own AUC."""
+    generator = SyntheticGenerator(dataset, seed=3, regime="published")
+    published = generator.spec.published
+    rows = 4 * BLOCK_ROWS
+    probability = generator.probabilities(rows)
+    table = generator.table(rows)
+    for t, rate in enumerate(published.rates):
+        assert probability[:, t].mean() == pytest.approx(rate, rel=0.1)
+        assert oracle_auc(probability[:, t]) == pytest.approx(published.oracle_aucs[t], abs=0.01)
+    labels = table.column("ctr").to_numpy()  # enough positives to check the draw itself
+    assert labels.mean() == pytest.approx(published.rates[0], rel=0.1)
+    assert roc_auc_score(labels, probability[:, 0]) == pytest.approx(
+        published.oracle_aucs[0], abs=0.02
+    )
+
+
+def test_probabilities_are_those_the_labels_were_drawn_with() -> None:
+    generator = SyntheticGenerator("ali_ccp", seed=0)
+    probability = generator.probabilities(BLOCK_ROWS + 10)
+    table = generator.table(BLOCK_ROWS + 10)
+    assert probability.shape == (BLOCK_ROWS + 10, 2)
+    assert np.all(probability[:, 1] <= probability[:, 0])  # funnel: CTCVR = CTR x CVR
+    for t, task in enumerate(generator.layout.task_names):
+        labels = table.column(task).to_numpy()
+        assert labels.mean() == pytest.approx(probability[:, t].mean(), rel=0.1)
+
+
+def test_oracle_auc_is_the_expected_auc_of_bernoulli_labels() -> None:
+    rng = np.random.default_rng(0)
+    probability = rng.beta(0.5, 3.0, 2_000)
+    draws = [roc_auc_score(rng.random(2_000) < probability, probability) for _ in range(300)]
+    assert oracle_auc(probability) == pytest.approx(np.mean(draws), abs=0.003)
+    assert oracle_auc(np.full(100, 0.3) + np.linspace(0, 1e-9, 100)) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_published_regime_is_refused_where_there_is_none() -> None:
+    with pytest.raises(ConfigError, match="no published regime for synthetic 'census'"):
+        SyntheticGenerator("census", regime="published")
+    with pytest.raises(ValueError, match="regime: published is a synthetic setting"):
+        DatasetConfig(name="census", source="synthetic", regime="published")

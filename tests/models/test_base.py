@@ -8,10 +8,11 @@ import torch
 from emm_ray.config import StrictModel
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.models import Component, DecomposableModel, FieldEmbedding, ModelEmbedding
+from emm_ray.models.base import ModelHyperparameters
 from emm_ray.models.layers import LinearTower
 
 
-class _NoHyperparameters(StrictModel):
+class _NoHyperparameters(ModelHyperparameters):
     pass
 
 
