@@ -212,3 +212,49 @@ def test_prepare_refuses_a_split_that_would_be_empty(tmp_path: Path, census_line
     with pytest.raises(DataError, match="split would be empty"):
         prepare_dataset(DatasetConfig(source="real", train_path=path), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _full_census_gzip(data_dir: Path, path: Path, rows: int = 20_000) -> bytes:
+    """A real gzip of `rows` census lines (several pyarrow blocks), written to `path`."""
+    with gzip.open(data_dir / CENSUS_FILE, "rt") as handle:
+        text = "".join(next(handle) for _ in range(rows))
+    payload = gzip.compress(text.encode())
+    path.write_bytes(payload)
+    return payload
+
+
+def test_truncated_gzip_names_the_file(tmp_path: Path, data_dir: Path) -> None:
+    path = tmp_path / "census.data.gz"
+    payload = _full_census_gzip(data_dir, path)
+    path.write_bytes(payload[: len(payload) // 2])  # a download cut off half way
+    error = _read("census", path)
+    assert error.path == str(path)
+    assert "truncated or corrupt gzip stream" in str(error)
+
+
+def test_corrupt_gzip_names_the_file(tmp_path: Path, data_dir: Path) -> None:
+    path = tmp_path / "census.data.gz"
+    payload = bytearray(_full_census_gzip(data_dir, path))
+    payload[len(payload) // 3 : len(payload) // 3 + 64] = bytes(64)  # a damaged block
+    path.write_bytes(bytes(payload))
+    error = _read("census", path)
+    assert error.path == str(path)
+    assert "truncated or corrupt gzip stream" in str(error) or "UTF-8" in str(error)
+
+
+def test_not_a_gzip_file_with_a_gz_name(tmp_path: Path) -> None:
+    path = tmp_path / "census.data.gz"
+    path.write_bytes(b"this was never compressed\n" * 10)
+    error = _read("census", path)
+    assert error.path == str(path)
+    assert "truncated or corrupt gzip stream" in str(error)
+
+
+def test_invalid_utf8_names_the_row(tmp_path: Path, census_lines) -> None:
+    path = tmp_path / "census.data"
+    lines = [line.encode() for line in census_lines]
+    lines[3] = lines[3].replace(b"Not in universe", b"Not in \xff\xfe universe", 1)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    error = _read("census", path)
+    assert (error.path, error.row) == (str(path), 4)
+    assert "not valid UTF-8" in str(error)

@@ -10,6 +10,7 @@ file, header included, so `sed -n '<row>p' <file>` shows the offending line.
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,8 +95,15 @@ def open_text(path: Path) -> TextIO:
 def read_header(path: Path, delimiter: str = ",") -> list[str]:
     """Column names from the first line; an empty file is an error."""
     require_file(path)
-    with open_text(path) as handle:
-        first = handle.readline().rstrip("\r\n")
+    try:
+        with open_text(path) as handle:
+            first = handle.readline().rstrip("\r\n")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(
+            f"cannot read the file (truncated or corrupt {_compression(path)}): {exc}", path
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"the header is not valid UTF-8 ({exc.reason})", path, row=1) from None
     if not first:
         raise DataError("file is empty: expected a header row", path, row=1)
     return first.split(delimiter)
@@ -143,6 +151,12 @@ def iter_csv(
         if "Empty CSV file" in str(exc):
             raise DataError("file is empty: no data rows", path) from None
         raise _locate_parse_error(path, len(column_names), delimiter, header, exc) from None
+    except (OSError, EOFError, zlib.error) as exc:  # gzip: truncated or corrupt stream
+        raise DataError(
+            f"cannot read the file (truncated or corrupt {_compression(path)}): {exc}",
+            path,
+            row=next_row,
+        ) from None
     if next_row == first_row:
         raise DataError("file is empty: no data rows", path)
 
@@ -160,19 +174,40 @@ def _reject_empty_lines(table: pa.Table, path: Path, first_row: int) -> None:
         )
 
 
+def _compression(path: Path) -> str:
+    return "gzip stream" if path.suffix == ".gz" else "file"
+
+
 def _locate_parse_error(
     path: Path, expected: int, delimiter: str, header: bool, exc: pa.ArrowInvalid
 ) -> DataError:
     """Re-read the file line by line to name the row pyarrow could not parse."""
-    with open_text(path) as handle:
-        for row, line in enumerate(handle, start=1):
-            if header and row == 1:
-                continue
-            found = line.rstrip("\r\n").count(delimiter) + 1
-            if found != expected:
-                what = " (an empty line)" if not line.strip() else ""
-                return DataError(f"expected {expected} columns, found {found}{what}", path, row=row)
+    for row, line in enumerate(_lines(path), start=1):
+        if header and row == 1:
+            continue
+        found = line.rstrip("\r\n").count(delimiter) + 1
+        if found != expected:
+            what = " (an empty line)" if not line.strip() else ""
+            return DataError(f"expected {expected} columns, found {found}{what}", path, row=row)
     return DataError(f"cannot parse as CSV: {exc}", path)
+
+
+def _lines(path: Path) -> Iterator[str]:
+    """The file's lines, decoded one by one, so a line that is not UTF-8 names its row."""
+    row = 0
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as handle:
+            for row, raw in enumerate(handle, start=1):
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"not valid UTF-8 ({exc.reason})", path, row=row) from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(
+            f"cannot read the file (truncated or corrupt {_compression(path)}): {exc}",
+            path,
+            row=row + 1,
+        ) from None
 
 
 def _first_true(mask: pa.Array) -> int:
