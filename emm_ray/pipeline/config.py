@@ -7,11 +7,12 @@ search space that is missing or invalid, real data files that are not there.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from emm_ray.config import StrictModel, load_yaml_config
+from emm_ray.data.prepare import DatasetConfig
 from emm_ray.errors import ConfigError
 from emm_ray.evaluation.experiment import ExperimentConfig
 from emm_ray.train.pool_spec import PoolSpec, load_pool_spec
@@ -52,9 +53,29 @@ class PipelineConfig(ExperimentConfig):
 
     pool: Path = Path("configs/pools/census_small.yaml")
     tune: Path = Path("tune_spaces/default.yaml")
-    model_name: str = Field("emm-census", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model_name: str = Field(
+        "emm-census-synthetic",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="registered model name; unset: emm-<dataset>[-synthetic], so runs on "
+        "other data never share a name (a name holds one schema)",
+    )
     stages: tuple[Stage, ...] = STAGES
     serve: ServeSection = ServeSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_name_from_data(cls, values: Any) -> Any:
+        if not isinstance(values, dict) or "model_name" in values:
+            return values
+        data = values.get("data", {})
+        if isinstance(data, DatasetConfig):
+            name, source = data.name, data.source
+        elif isinstance(data, dict):
+            name, source = data.get("name", "census"), data.get("source", "synthetic")
+        else:
+            return values  # the field's own validation reports it
+        suffix = "-synthetic" if source == "synthetic" else ""
+        return {**values, "model_name": f"emm-{str(name).replace('_', '-')}{suffix}"}
 
     def pool_spec(self) -> PoolSpec:
         return load_pool_spec(resolve_path(self.pool, "pool"))
