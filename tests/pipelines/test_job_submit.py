@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+from ray._private.utils import get_ray_address_file
 
 from tests.conftest import REPO_ROOT
 
@@ -25,11 +29,30 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _default_address_file() -> str | None:
+    """What Ray's current-cluster file (read by `ray status`, `serve run`...) says now."""
+    path = Path(get_ray_address_file(None))
+    return path.read_text() if path.is_file() else None
+
+
+class RayHead(NamedTuple):
+    address: str
+    address_file_before: str | None
+
+
 @pytest.fixture
-def ray_head(tmp_path: Path) -> Iterator[str]:
+def ray_head(tmp_path: Path) -> Iterator[RayHead]:
     """A `ray start --head` cluster of its own; stopped by signalling its process group,
     since `ray stop` would also kill every other Ray on the machine. The job's `python`
-    is looked up on the head's PATH, so this interpreter's directory goes first."""
+    is looked up on the head's PATH, so this interpreter's directory goes first.
+
+    Its own `--temp-dir` (short: Unix socket paths are limited to 107 bytes) keeps its
+    session files and its current-cluster address file out of Ray's default one, which
+    would otherwise name this dead head after the test and make a later `serve run`
+    attach to it and hang.
+    """
+    before = _default_address_file()
+    temp_dir = tempfile.mkdtemp(prefix="rayhead_", dir="/tmp")
     dashboard = _free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     head = subprocess.Popen(
@@ -51,6 +74,7 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
             f"--runtime-env-agent-port={_free_port()}",
             f"--metrics-export-port={_free_port()}",
             f"--ray-client-server-port={_free_port()}",
+            f"--temp-dir={temp_dir}",
         ],
         stdout=(tmp_path / "head.log").open("w"),
         stderr=subprocess.STDOUT,
@@ -60,13 +84,14 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
     address = f"http://127.0.0.1:{dashboard}"
     try:
         _wait_for_jobs_api(address, head)
-        yield address
+        yield RayHead(address, before)
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _wait_for_jobs_api(address: str, head: subprocess.Popen, timeout_s: float = 120) -> None:
@@ -85,9 +110,10 @@ def _wait_for_jobs_api(address: str, head: subprocess.Popen, timeout_s: float = 
 
 
 @pytest.mark.timeout(900)
-def test_job_submit_runs_the_pipeline_to_a_report(ray_head: str, tmp_path: Path) -> None:
+def test_job_submit_runs_the_pipeline_to_a_report(ray_head: RayHead, tmp_path: Path) -> None:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    assert _default_address_file() == ray_head.address_file_before, "the head left its address"
     output = tmp_path / "report"
     runtime_env = {
         "env_vars": {
@@ -101,7 +127,7 @@ def test_job_submit_runs_the_pipeline_to_a_report(ray_head: str, tmp_path: Path)
         "job",
         "submit",
         "--address",
-        ray_head,
+        ray_head.address,
         "--submission-id",
         submission_id,
         "--working-dir",
@@ -126,7 +152,8 @@ def test_job_submit_runs_the_pipeline_to_a_report(ray_head: str, tmp_path: Path)
             break
         time.sleep(2)
     printed = printed[-8000:]
-    jobs = {job.submission_id: job.status for job in JobSubmissionClient(ray_head).list_jobs()}
+    listed = JobSubmissionClient(ray_head.address).list_jobs()
+    jobs = {job.submission_id: job.status for job in listed}
     assert submission_id in jobs, f"`ray job submit` exited {submitted.returncode}:\n{printed}"
     assert jobs[submission_id] == JobStatus.SUCCEEDED, printed
 
