@@ -165,6 +165,8 @@ _CENSUS_RATES = {
     "capital_income": 0.1325,
     "foreign_born": 0.1129,
     "full_time": 0.2042,
+    "self_employed": 0.0587,
+    "school_enrolled": 0.0631,
 }
 
 _ALI_CCP_CARDINALITIES = dict(

@@ -34,6 +34,8 @@ POSITIVES = {  # on the 199,523-row census-income.data, as docs/census_tasks.md 
     "capital_income": 26_427,
     "foreign_born": 22_534,
     "full_time": 40_736,
+    "self_employed": 11_710,
+    "school_enrolled": 12_580,
 }
 DOCUMENTED_PERCENT = {
     "income": 6.21,
@@ -43,6 +45,8 @@ DOCUMENTED_PERCENT = {
     "capital_income": 13.25,
     "foreign_born": 11.29,
     "full_time": 20.42,
+    "self_employed": 5.87,
+    "school_enrolled": 6.31,
 }
 REMOVED = {
     "income": {"income_label"},
@@ -52,6 +56,8 @@ REMOVED = {
     "capital_income": {"capital_gains", "capital_losses", "dividends_from_stocks"},
     "foreign_born": {"country_of_birth_self", "citizenship"},
     "full_time": {"full_or_part_time_employment_stat"},
+    "self_employed": {"class_of_worker", "own_business_or_self_employed"},
+    "school_enrolled": {"enroll_in_edu_inst_last_wk"},
 }
 NEVER_FEATURES = {"income_label", "instance_weight"}
 
@@ -102,6 +108,9 @@ def test_labels_follow_their_definitions_on_a_real_sample(data_dir: Path, tmp_pa
         ),
         "foreign_born": lambda r: r["country_of_birth_self"] != "United-States",
         "full_time": lambda r: r["full_or_part_time_employment_stat"] == "Full-time schedules",
+        "self_employed": lambda r: r["class_of_worker"].startswith("Self-employed"),
+        "school_enrolled": lambda r: r["enroll_in_edu_inst_last_wk"]
+        in {"High school", "College or university"},
     }
     for task, positive in definitions.items():
         expected = [int(positive(r)) for r in rows]

@@ -106,6 +106,9 @@ class CensusTask:
     label: Callable[[CsvChunk], pa.Array]
 
 
+SELF_EMPLOYED = ("Self-employed-incorporated", "Self-employed-not incorporated")
+
+
 def _is(column: str, *values: str) -> Callable[[CsvChunk], pa.Array]:
     return lambda chunk: _int8(pc.is_in(chunk.strings(column), value_set=pa.array(values)))
 
@@ -176,6 +179,24 @@ TASK_DEFINITIONS: dict[str, CensusTask] = {
             ),
             ("full_or_part_time_employment_stat",),
             _is("full_or_part_time_employment_stat", "Full-time schedules"),
+        ),
+        CensusTask(
+            Task(
+                name="self_employed",
+                description="class_of_worker is 'Self-employed-incorporated' or "
+                "'Self-employed-not incorporated'",
+            ),
+            ("class_of_worker", "own_business_or_self_employed"),
+            _is("class_of_worker", *SELF_EMPLOYED),
+        ),
+        CensusTask(
+            Task(
+                name="school_enrolled",
+                description="enroll_in_edu_inst_last_wk is 'High school' or "
+                "'College or university'",
+            ),
+            ("enroll_in_edu_inst_last_wk",),
+            _is("enroll_in_edu_inst_last_wk", "High school", "College or university"),
         ),
     )
 }
