@@ -9,7 +9,7 @@ Each T is one `fusion_benchmark.py` run (same training rules: early stopping, ca
 must not bind, per-task choice after training), resumable like it; this script then
 writes `benchmarks/results/task_scaling.md`, its JSON twin and `task_scaling.png`.
 
-    python benchmarks/task_scaling.py --counts 2 3 4 6 --seeds 0
+    python benchmarks/task_scaling.py --counts 2 3 4 6 8 --seeds 0
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ TASKS = (
     "worked_all_year",
     "capital_income",
     "foreign_born",
+    "self_employed",
+    "school_enrolled",
 )
 
 
@@ -164,7 +166,7 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--counts", type=int, nargs="+", default=[2, 3, 4, 6])
+    parser.add_argument("--counts", type=int, nargs="+", default=[2, 3, 4, 6, 8])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--members", nargs="+", default=["mlp", "deepfm", "wide_deep"])
     parser.add_argument("--top-k", type=int, default=2)
