@@ -163,6 +163,7 @@ class Bench:
         self.funnel = labels_are_nested(self.train_data.labels)
         self.pool_name = results.stem
         self.ignored: dict[str, tuple[str, ...]] = {}
+        self.fusion_rows: tuple[Batch, Batch] | None = None
 
     def split_features(self) -> None:
         """Census members see only their team's fields (`SPLIT_FEATURES_TEAMS`)."""
@@ -171,7 +172,6 @@ class Bench:
         for task, team in SPLIT_FEATURES_TEAMS.items():
             blind = fields - employment if team == "employment" else employment
             self.ignored[task] = tuple(sorted(blind))
-        self.fusion_rows: tuple[Batch, Batch] | None = None
 
     def fuse_on_validation_halves(self) -> None:
         """Fused rows train on the first half of the validation split and early-stop on
