@@ -638,12 +638,23 @@ def main() -> None:
         "--baseline-search", type=Path, default=REPO / "tune_spaces/baselines/default.yaml"
     )
     args = parser.parse_args()
+    if args.regime == "published" and args.dataset == "census":
+        parser.error("--regime published is a synthetic setting of ali_ccp and aliexpress")
+    if args.split_features and (args.dataset != "census" or args.tasks):
+        parser.error("--split-features is defined for census income / never_married only")
+    fresh = [v for v in args.variants if fused_variants()[v][1].embedding == "fresh"]
+    if args.split_features and fresh:
+        parser.error(f"--split-features: {fresh} learn a fresh embedding over every field")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     tasks = tuple(args.tasks) if args.tasks else None
     prepared = prepare(args.dataset, args.rows, args.work_dir, tasks, args.regime)
-    name = args.name or args.dataset
+    name = args.name or "_".join(
+        [args.dataset]
+        + (["published"] if args.regime == "published" else [])
+        + (["split_features"] if args.split_features else [])
+    )
     members = (
         tuple((a, t) for t in range(len(prepared.schema.tasks)) for a in args.members)
         if args.members
@@ -689,7 +700,7 @@ def main() -> None:
         "(10 % each, stratified, seed 0)"
         if args.dataset == "census"
         else f"SYNTHETIC data with the {args.dataset} schema ({args.rows} rows, seeded "
-        "generator with planted shared structure): not comparable with published numbers"
+        "generator with shared latent structure): not comparable with published numbers"
     )
     if args.regime == "published":
         generator = SyntheticGenerator(args.dataset, 0, regime="published")
@@ -736,8 +747,9 @@ def main() -> None:
             "SPLIT-FEATURES POOL: the income members were built on the employment and money "
             f"fields only ({', '.join(EMPLOYMENT_FIELDS)}); the never-married members on "
             "every other field (the person and household) only (`ignore_fields`: those "
-            "inputs read as the OOV bucket / 0). Fused models and baselines see what their "
-            "parts see: the fused model only its members, the baselines every field."
+            "inputs read as the OOV bucket / 0). The fused rows use the pool's own embeddings "
+            "(no fresh embedding), so they see only what their members see; the baselines "
+            "of fusion_census.md see every field."
         )
     if args.fuse_on_validation:
         notes.append(

@@ -57,10 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         print("Serving until Ctrl-C ...", flush=True)
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     elif summary.serving_url and not os.environ.get("RAY_ADDRESS"):
-        print(
-            "Local Ray stops with this process; `serve run serve_configs/census.yaml` serves "
-            "the registered model persistently."
+        configs = {"emm-census": "census.yaml", "emm-census-synthetic": "default.yaml"}
+        shipped = configs.get(config.model_name)
+        how = (
+            f"`serve run serve_configs/{shipped}`"
+            if shipped
+            else f"a serve config like serve_configs/default.yaml naming {summary.model_uri}"
         )
+        print(f"Local Ray stops with this process; {how} serves {summary.model_uri} persistently.")
     return 1 if summary.pool_failures else 0
 
 

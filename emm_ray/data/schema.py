@@ -109,6 +109,19 @@ class FeatureSchema(StrictModel):
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
+    @property
+    def layout_hash(self) -> str:
+        """Fingerprint of what the data *is* (dataset, field names, tasks), not of how it
+        was encoded: a refreshed vocabulary keeps it, another dataset or task set does not."""
+        layout = {
+            "dataset": self.dataset,
+            "sparse": self.sparse_names,
+            "dense": self.dense_names,
+            "tasks": self.task_names,
+        }
+        canonical = json.dumps(layout, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
     def check_compatible(self, other_hash: str, what: str) -> None:
         """Raise if `what` (a model, an artifact) was built for a different schema."""
         if other_hash != self.hash:

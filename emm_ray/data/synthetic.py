@@ -477,6 +477,12 @@ class SyntheticGenerator:
                 mid = (lo + hi) / 2
                 lo, hi = (mid, hi) if oracle_auc(probability(mid)) < target else (lo, mid)
             scale[t] = (lo + hi) / 2
+            reached = oracle_auc(probability(scale[t]))
+            if abs(reached - target) > 0.005:
+                raise ConfigError(
+                    f"regime published: {self.layout.task_names[t]!r} cannot reach oracle AUC "
+                    f"{target} (closest {reached:.4f}) with these rates"
+                )
             bias[t] = _solve(
                 lambda b, t=t, gate=gate: np.mean(gate * _sigmoid(scores[:, t] * scale[t] + b)),
                 self.spec.rates[t],

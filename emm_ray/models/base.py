@@ -166,7 +166,8 @@ def ignore_fields(
 
     A pre-hook on the embedding rather than a wrapper: the state-dict names stay the
     architecture's own, and every user of the embedding (the model, its decomposition,
-    the fused model) sees the same blind inputs.
+    a fused model over the pool's embeddings) sees the same blind inputs. A fused model
+    with `embedding: fresh` learns its own input over every field.
     """
     known = {*schema.sparse_names, *schema.dense_names}
     unknown = sorted(set(names) - known)

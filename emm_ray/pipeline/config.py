@@ -56,8 +56,8 @@ class PipelineConfig(ExperimentConfig):
     model_name: str = Field(
         "emm-census-synthetic",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        description="registered model name; unset: emm-<dataset>[-synthetic], so runs on "
-        "other data never share a name (a name holds one schema)",
+        description="registered model name; unset: emm-<dataset>[-<T>tasks][-synthetic], so "
+        "runs on other data do not share a name (a name holds one data layout)",
     )
     stages: tuple[Stage, ...] = STAGES
     serve: ServeSection = ServeSection()
@@ -69,13 +69,15 @@ class PipelineConfig(ExperimentConfig):
             return values
         data = values.get("data", {})
         if isinstance(data, DatasetConfig):
-            name, source = data.name, data.source
+            name, source, tasks = data.name, data.source, data.tasks
         elif isinstance(data, dict):
             name, source = data.get("name", "census"), data.get("source", "synthetic")
+            tasks = data.get("tasks")
         else:
             return values  # the field's own validation reports it
+        chosen = f"-{len(tasks)}tasks" if isinstance(tasks, list | tuple) else ""
         suffix = "-synthetic" if source == "synthetic" else ""
-        return {**values, "model_name": f"emm-{str(name).replace('_', '-')}{suffix}"}
+        return {**values, "model_name": f"emm-{str(name).replace('_', '-')}{chosen}{suffix}"}
 
     def pool_spec(self) -> PoolSpec:
         return load_pool_spec(resolve_path(self.pool, "pool"))

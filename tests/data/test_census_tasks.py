@@ -109,8 +109,9 @@ def test_labels_follow_their_definitions_on_a_real_sample(data_dir: Path, tmp_pa
         "foreign_born": lambda r: r["country_of_birth_self"] != "United-States",
         "full_time": lambda r: r["full_or_part_time_employment_stat"] == "Full-time schedules",
         "self_employed": lambda r: r["class_of_worker"].startswith("Self-employed"),
-        "school_enrolled": lambda r: r["enroll_in_edu_inst_last_wk"]
-        in {"High school", "College or university"},
+        "school_enrolled": lambda r: (
+            r["enroll_in_edu_inst_last_wk"] in {"High school", "College or university"}
+        ),
     }
     for task, positive in definitions.items():
         expected = [int(positive(r)) for r in rows]
