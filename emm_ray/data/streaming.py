@@ -8,7 +8,7 @@ accepts). `load_split` reads a whole split with pyarrow for small data and evalu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,17 +39,20 @@ def read_split(
     flat memory (peak 1.6 GB, object store under 120 MB); see
     benchmarks/results/data_throughput.md.
     """
+    prepared = PreparedDataset.load(prepared_dir)
+    return read_parquet_columns(
+        prepared.split_dir(split), split_columns(prepared.schema, with_row_id)
+    )
+
+
+def read_parquet_columns(directory: str | Path, columns: list[str]) -> ray.data.Dataset:
+    """A lazy Ray Dataset over `columns` of the parquet files under `directory`."""
     import ray.data
 
-    prepared = PreparedDataset.load(prepared_dir)
     context = ray.data.DataContext.get_current()
     use_v2, context.use_datasource_v2 = context.use_datasource_v2, False
     try:
-        return ray.data.read_parquet(
-            str(prepared.split_dir(split)),
-            columns=split_columns(prepared.schema, with_row_id),
-            file_extensions=["parquet"],
-        )
+        return ray.data.read_parquet(str(directory), columns=columns, file_extensions=["parquet"])
     finally:
         context.use_datasource_v2 = use_v2
 
@@ -63,18 +66,20 @@ def iter_batches(
     seed: int | None = None,
     prefetch_batches: int = 1,
     drop_last: bool = False,
+    cached: Sequence[str] = (),
 ) -> Iterator[Batch]:
     """Torch `Batch`es from a Dataset or a Ray Train shard iterator.
 
     `shuffle_buffer_rows` turns on Ray Data's local shuffle (a buffer of at least that
     many rows, seeded by `seed`): enough for SGD without a global shuffle pass.
-    Batches stay on the CPU; move them with `Batch.to(device)`.
+    Batches stay on the CPU; move them with `Batch.to(device)`. `cached` names stored
+    precomputed features to collate into `Batch.cached` (`emm_ray.train.precompute`).
     """
     if shuffle_buffer_rows is not None and shuffle_buffer_rows < batch_size:
         raise ValueError(f"shuffle_buffer_rows ({shuffle_buffer_rows}) must be >= batch_size")
     yield from data.iter_torch_batches(
         batch_size=batch_size,
-        collate_fn=BatchCollator(schema),
+        collate_fn=BatchCollator(schema, cached),
         local_shuffle_buffer_size=shuffle_buffer_rows,
         local_shuffle_seed=seed,
         prefetch_batches=prefetch_batches,

@@ -197,8 +197,12 @@ class AlignedMember(nn.Module):
 
     def native(self, embedded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The member run as trained on its embedding: `(last hidden state [B, h], logit [B])`."""
-        state = embedded
-        for component in self.components:
+        return self.native_after(0, self.components[0](embedded))
+
+    def native_after(self, level: int, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`native`, continued from its own component output at `level`."""
+        state = output
+        for component in self.components[level + 1 :]:
             state = component(state)
         return state, self.tower(state)
 
@@ -218,4 +222,8 @@ class AlignedMember(nn.Module):
     def run_level(self, level: int, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(component output in the member's own layout, d_model token for the AKF layer)`."""
         output = self.components[level](inputs)
-        return output, self.output_adapters[level](output)
+        return output, self.token(level, output)
+
+    def token(self, level: int, output: torch.Tensor) -> torch.Tensor:
+        """The d_model token of this member's component output at `level`."""
+        return self.output_adapters[level](output)

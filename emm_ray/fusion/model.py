@@ -17,11 +17,14 @@ Only fusion parameters are trainable: adapters, gates, merges, towers, correctio
 and, if configured, the fresh embedding. The pool's embeddings and blocks are `Frozen`
 and stay in eval mode whatever mode the model is in; every frozen member runs once per
 forward end to end (its ensemble logit and last hidden state) and, for the AKF stack,
-once more level by level, since the stack feeds fused state back into its components.
+its levels after the first once more, since the stack feeds fused state back into them.
+What depends on the rows alone (`precompute`: the members' logits, hidden states and
+level-0 outputs) is computed once per split by the training loop and passed back in.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from emm_ray.checksum import parameter_checksum
 from emm_ray.data.batch import Batch
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.errors import ConfigError, DataError
@@ -114,9 +118,18 @@ class EMMModel(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        """Logits `[B, T]`, one column per task in `task_names`."""
-        return self.parts(sparse, dense, trace=False).logits
+    def forward(
+        self,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        cached: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Logits `[B, T]`, one column per task in `task_names`.
+
+        `cached`: these rows' `precompute` output, if the caller kept it (the training
+        loop does for in-memory splits; streamed shards carry it as columns).
+        """
+        return self.parts(sparse, dense, trace=False, cached=cached).logits
 
     def run(
         self, sparse: torch.Tensor, dense: torch.Tensor, trace: bool = True
@@ -125,30 +138,115 @@ class EMMModel(nn.Module):
         output = self.parts(sparse, dense, trace)
         return output.logits, output.records
 
-    def parts(self, sparse: torch.Tensor, dense: torch.Tensor, trace: bool) -> FusedOutput:
-        """The forward pass, keeping the ensemble and the correction apart."""
-        founding = self.layout.founding
-        founders = [i for own in founding for i in own]
+    @torch.no_grad()
+    def precompute(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the frozen pool computes from the rows alone, per row (no autograd).
+
+        `logit.<i>` (and `hidden.<i>` for the MLP correction): founding member i's own
+        end-to-end logit (last hidden state), which the ensemble (the MLP heads) reads;
+        `level0.<i>`: member i's level-0 component output, when the AKF stack reads the
+        pool's own embeddings. None of it changes while fusion trains, so the training
+        loop computes it once per split instead of at every step of every epoch.
+        """
+        return self._frozen_features(sparse, dense)[0]
+
+    def precompute_names(self) -> list[str]:
+        """The names `precompute` returns, in order, without running anything."""
+        return [name for _, names in self._feature_plan() for name in names]
+
+    def precompute_key(self) -> str:
+        """Names exactly what `precompute` computes: the frozen pool's weights (checksum),
+        the feature names and the schema. Stored features are reused only under this key,
+        so a changed pool never reads stale ones."""
+        frozen = {
+            f"{name}/{key}": tensor
+            for name, member in zip(self.member_names, self.members, strict=True)
+            for key, tensor in member.frozen_state().items()
+        }
+        identity = [parameter_checksum(frozen), self.schema.hash, *self.precompute_names()]
+        return hashlib.sha256("|".join(identity).encode()).hexdigest()[:24]
+
+    def _feature_plan(self) -> list[tuple[int, list[str]]]:
+        """Per member that runs on the rows alone: its index and the features it yields."""
+        founders = {i for own in self.layout.founding for i in own}
         needs_native = self.config.prediction == "pool_residual" or self.heads is not None
-        if self.stack is None or self.stack.fresh_embedding is None:
-            embedded = {i: m.embed(sparse, dense) for i, m in enumerate(self.members)}
-        else:  # the fresh embedding feeds the stack; members embed only for their own pass
+        first_levels = self.stack is not None and self.stack.fresh_embedding is None
+        plan = []
+        for i in range(len(self.members)):
+            native = needs_native and i in founders
+            names = [f"level0.{i}"] if first_levels else []
+            if native:
+                names.append(f"logit.{i}")
+                if self.heads is not None:
+                    names.append(f"hidden.{i}")
+            if names:
+                plan.append((i, names))
+        return plan
+
+    def _frozen_features(
+        self, sparse: torch.Tensor, dense: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[int, torch.Tensor]]:
+        """`precompute`'s features, and the founding members' embeddings computed on the way."""
+        founders = {i for own in self.layout.founding for i in own}
+        features: dict[str, torch.Tensor] = {}
+        embedded: dict[int, torch.Tensor] = {}
+        for i, names in self._feature_plan():
+            member = self.members[i]
+            embedding = member.embed(sparse, dense)
+            if i in founders:
+                embedded[i] = embedding
+            first = member.components[0](embedding)
+            if f"level0.{i}" in names:
+                features[f"level0.{i}"] = first
+            if f"logit.{i}" in names:
+                hidden, features[f"logit.{i}"] = member.native_after(0, first)
+                if f"hidden.{i}" in names:
+                    features[f"hidden.{i}"] = hidden
+        return features, embedded
+
+    def parts(
+        self,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        trace: bool,
+        cached: dict[str, torch.Tensor] | None = None,
+    ) -> FusedOutput:
+        """The forward pass, keeping the ensemble and the correction apart.
+
+        Each frozen member runs at most once per call: its input-only part (`precompute`,
+        or `cached`) once, and with the AKF stack its levels after the first once more,
+        on the fused state.
+        """
+        founding = self.layout.founding
+        if cached:
+            features = cached
+            needs_embedding = self.stack is not None and self.stack.fresh_embedding is None
             embedded = (
-                {i: self.members[i].embed(sparse, dense) for i in founders} if needs_native else {}
+                {i: self.members[i].embed(sparse, dense) for own in founding for i in own}
+                if needs_embedding
+                else {}
             )
-        native = {i: self.members[i].native(embedded[i]) for i in founders} if needs_native else {}
+        else:
+            features, embedded = self._frozen_features(sparse, dense)
         rows = sparse.shape[0]
         records: list[GateRecord] = []
         if self.stack is not None:
-            correction, records = self.stack(self.members, sparse, dense, embedded, trace)
+            first = {
+                i: features[f"level0.{i}"]
+                for i in range(len(self.members))
+                if f"level0.{i}" in features
+            }
+            correction, records = self.stack(self.members, sparse, dense, embedded, first, trace)
         elif self.heads is not None:
             correction = self.heads(
-                [torch.cat([native[i][0] for i in own], dim=1) for own in founding]
+                [torch.cat([features[f"hidden.{i}"] for i in own], dim=1) for own in founding]
             )
         else:
             correction = sparse.new_zeros(rows, len(self.task_names), dtype=torch.float32)
         if self.config.prediction == "pool_residual":
-            base = self.ensemble([torch.stack([native[i][1] for i in own], 1) for own in founding])
+            base = self.ensemble(
+                [torch.stack([features[f"logit.{i}"] for i in own], 1) for own in founding]
+            )
             logits = base + self.ensemble.correction_mask().to(correction.dtype) * correction
         else:
             base = torch.zeros_like(correction)
@@ -177,8 +275,13 @@ class EMMModel(nn.Module):
             if rows >= max_rows:
                 continue
             batch = batch.slice(slice(0, max_rows - rows)).to(device)
+            features = batch.cached or self.precompute(batch.sparse, batch.dense)
             for task in tasks:
-                logits[task].append(self._founding_logits(batch, task).float())
+                logits[task].append(
+                    torch.stack(
+                        [features[f"logit.{i}"] for i in self.layout.founding[task]], 1
+                    ).float()
+                )
             labels.append(batch.labels)
             rows += len(batch)
         if not rows:
@@ -210,7 +313,7 @@ class EMMModel(nn.Module):
         try:
             for batch in batches:
                 batch = batch.to(device)
-                output = self.parts(batch.sparse, batch.dense, trace=False)
+                output = self.parts(batch.sparse, batch.dense, trace=False, cached=batch.cached)
                 bases.append(output.base.float().cpu())
                 corrected.append((output.base + output.correction).float().cpu())
                 labels.append(batch.labels[:, self.task_indices].cpu())
@@ -265,16 +368,6 @@ class EMMModel(nn.Module):
         if self.stack is None:
             return []
         return [plugin.scale for level in self.stack.plugins for plugin in level]
-
-    def _founding_logits(self, batch: Batch, task: int) -> torch.Tensor:
-        """`[B, k]` end-to-end logits of task `task`'s founding members."""
-        return torch.stack(
-            [
-                self.members[i].native(self.members[i].embed(batch.sparse, batch.dense))[1]
-                for i in self.layout.founding[task]
-            ],
-            1,
-        )
 
     def _append_members(self, members: Sequence[PoolMember]) -> list[int]:
         layout = self.layout

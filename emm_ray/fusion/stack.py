@@ -102,33 +102,40 @@ class AKFStack(nn.Module):
         sparse: torch.Tensor,
         dense: torch.Tensor,
         embedded: dict[int, torch.Tensor],
+        first_outputs: dict[int, torch.Tensor],
         trace: bool,
     ) -> tuple[torch.Tensor, list[GateRecord]]:
         """Tower outputs `[B, T]` and, with `trace`, what every gate did for these rows.
 
-        `embedded[i]` is member i's own frozen embedding of the rows (unused with a fresh
-        embedding).
+        With the pool's own embeddings, `embedded[i]` is founding member i's frozen
+        embedding of the rows (its task's level-0 context) and `first_outputs[i]` member
+        i's level-0 component output: both depend on the rows alone, so they may come
+        from a cache. Both are unused with a fresh embedding.
         """
         layout = self.layout
         records: list[GateRecord] = []
+        previous: list[torch.Tensor] = []
         if self.fresh_embedding is not None:
             shared = self.fresh_embedding(sparse, dense)
             previous = [shared] * len(members)
             contexts = [shared] * len(layout.task_names)
         else:
-            previous = [embedded[i] for i in range(len(members))]
             contexts = [
-                torch.cat([previous[i] for i in own], dim=1) if len(own) > 1 else previous[own[0]]
+                torch.cat([embedded[i] for i in own], dim=1) if len(own) > 1 else embedded[own[0]]
                 for own in layout.founding
             ]
         fused: list[torch.Tensor] = []
         for level in range(self.num_levels):
             outputs, tokens = [], []
             for index, member in enumerate(members):
-                state = fused[layout.member_tasks[index]] if level else None
-                output, token = member.run_level(
-                    level, member.component_input(level, previous[index], state)
-                )
+                if level == 0 and self.fresh_embedding is None:
+                    output = first_outputs[index]
+                    token = member.token(0, output)
+                else:
+                    state = fused[layout.member_tasks[index]] if level else None
+                    output, token = member.run_level(
+                        level, member.component_input(level, previous[index], state)
+                    )
                 outputs.append(output)
                 tokens.append(token)
             token_stack = torch.stack(tokens, dim=1)

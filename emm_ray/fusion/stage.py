@@ -371,6 +371,8 @@ def _train_and_log(
             storage_path=str(Path(storage_path).resolve()),
             resources=spec.resources,
             data_mode=spec.data_mode,
+            precompute_key=model.precompute_key(),
+            precompute_features=tuple(model.precompute_names()),
         )
         outcome = run_train_job(job)
         model.load_state_dict(outcome.state_dict, strict=True)

@@ -59,6 +59,9 @@ class TrainConfig(StrictModel):
     `validate_initial` scores the model before training as epoch 0 and keeps it when no
     epoch beats it: a model that starts at a known-good point (a fused model starting at
     its pool's ensemble) then never ends worse than that point on validation.
+    `precompute` lets a module with a `precompute(sparse, dense)` method (the fused
+    model: what its frozen pool computes from the inputs alone) compute those features
+    once per in-memory split instead of at every step of every epoch.
     """
 
     epochs: int = Field(10, ge=1)
@@ -74,6 +77,7 @@ class TrainConfig(StrictModel):
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     num_threads: int | None = Field(None, ge=1)
     validate_initial: bool = False
+    precompute: bool = True
 
     def eval_batch_size_on(self, device: torch.device | str) -> int:
         """Rows per forward when scoring on `device`: the configured size, else its default."""
@@ -90,6 +94,9 @@ def inference_batch_size(device: torch.device | str, configured: int | None = No
     if configured is not None:
         return configured
     return CPU_INFERENCE_BATCH if torch.device(device).type == "cpu" else DEVICE_INFERENCE_BATCH
+
+
+Precompute = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
 
 class BatchSource(Protocol):
@@ -269,6 +276,10 @@ def fit(
         state = FitState.from_dict(resume["fit"])
         state.best_state = {k: v.to(device) for k, v in state.best_state.items()}
 
+    precompute = getattr(unwrap(module), "precompute", None)
+    if precompute is not None and config.precompute:
+        train, validation = (with_precomputed(s, precompute, device) for s in (train, validation))
+
     calibrate = getattr(unwrap(module), "calibrate", None)
     if calibrate is not None and resume is None:
         calibrate(validation.batches(0))  # under DDP, forwards then sync rank 0's buffers
@@ -339,6 +350,38 @@ def fit(
     )
 
 
+def with_precomputed(
+    source: BatchSource, precompute: Precompute, device: torch.device
+) -> BatchSource:
+    """`source` with `precompute(sparse, dense)` attached to its rows, if it is in memory.
+
+    Computed once, in inference-sized chunks, without autograd (the features come from
+    frozen parts), and kept on the split's device. Streamed sources are returned as they
+    are: their rows carry precomputed columns from storage, or the module computes the
+    features per batch.
+    """
+    if not isinstance(source, TensorBatches) or source.data.cached:
+        return source
+    data = source.data
+    chunk = inference_batch_size(device)
+    parts: list[dict[str, torch.Tensor]] = []
+    with torch.no_grad():
+        for start in range(0, len(data), chunk):
+            rows = data.slice(slice(start, start + chunk)).to(device)
+            parts.append(precompute(rows.sparse, rows.dense))
+    if not parts or not parts[0]:
+        return source
+    cached = {name: torch.cat([p[name] for p in parts]).to(data.sparse.device) for name in parts[0]}
+    return TensorBatches(data.with_cached(cached), source.batch_size, source.shuffle, source.seed)
+
+
+def forward_batch(module: nn.Module, batch: Batch) -> torch.Tensor:
+    """`module(sparse, dense)`, handing over the batch's precomputed features if it has any."""
+    if batch.cached:
+        return module(batch.sparse, batch.dense, batch.cached)
+    return module(batch.sparse, batch.dense)
+
+
 @torch.inference_mode()
 def predict_logits(
     module: nn.Module,
@@ -358,7 +401,7 @@ def predict_logits(
         with _autocast(_autocast_dtype(amp, device), device):
             for batch in source.batches(0):
                 batch = batch.to(device, non_blocking=device.type == "cuda")
-                outputs.append(module(batch.sparse, batch.dense).float().reshape(len(batch), -1))
+                outputs.append(forward_batch(module, batch).float().reshape(len(batch), -1))
                 labels.append(batch.labels)
     finally:
         module.train(was_training)
@@ -430,7 +473,7 @@ def _train_epoch(
         batch = batch.to(device, non_blocking=device.type == "cuda")
         labels = batch.labels.index_select(1, label_index)
         with _autocast(autocast_dtype, device):
-            logits = module(batch.sparse, batch.dense)
+            logits = forward_batch(module, batch)
         logits = logits.float()
         if loss_hook is not None:
             loss = loss_hook(logits, labels)

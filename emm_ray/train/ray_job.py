@@ -10,9 +10,11 @@ Pool members, the fused EMM model and the baselines differ only in their factory
 
 Data: `memory` reads the split once into one tensor `Batch` per worker (parquet via
 pyarrow, a strided shard per rank) and trains from it; `stream` iterates a Ray Data
-shard batch by batch for splits larger than memory; `auto` picks `memory` when the
-decoded split is below `MEMORY_LIMIT_BYTES`. Validation is never sharded: every worker
-scores the whole split, so all workers reach the same early-stopping decision.
+shard batch by batch for splits larger than memory (with `precompute_key`, from the
+splits with the module's stored input-only features, `emm_ray.train.precompute`);
+`auto` picks `memory` when the decoded split is below `MEMORY_LIMIT_BYTES`. Validation
+is never sharded: every worker scores the whole split, so all workers reach the same
+early-stopping decision.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class TrainJob:
     resources: WorkerResources = WorkerResources()
     data_mode: DataMode = "auto"
     max_failures: int = 0
+    precompute_key: str | None = None
+    precompute_features: tuple[str, ...] = ()
 
 
 @dataclass
@@ -93,6 +97,7 @@ class TrainOutcome:
     wall_seconds: float
     run_path: str
     notes: list[str] = field(default_factory=list)
+    initial_metrics: dict[str, float] | None = None
 
     @property
     def best_score(self) -> float:
@@ -140,7 +145,10 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
     job = replace(job, resources=resources)
     mode = resolve_data_mode(job)
     datasets = None
-    if mode == "stream":
+    cached: tuple[str, ...] = ()
+    if mode == "stream" and job.precompute_key and job.config.precompute:
+        datasets, cached = _precomputed_datasets(job)
+    elif mode == "stream":
         from emm_ray.data.streaming import read_split
 
         datasets = {s: read_split(job.data_dir, s) for s in ("train", "validation")}
@@ -149,7 +157,7 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
         resources_per_worker["GPU"] = resources.gpu
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"job": job, "mode": mode},
+        train_loop_config={"job": job, "mode": mode, "cached": cached},
         scaling_config=ScalingConfig(
             num_workers=resources.num_workers,
             use_gpu=resources.gpu > 0,
@@ -182,7 +190,29 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
         wall_seconds=wall,
         run_path=result.path,
         notes=[note] if note else [],
+        initial_metrics=returned["initial_metrics"],
     )
+
+
+def _precomputed_datasets(job: TrainJob) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The job's streamed splits with the module's stored input-only features beside them."""
+    from emm_ray.data.streaming import read_parquet_columns
+    from emm_ray.train.precompute import precompute_splits
+
+    stored = precompute_splits(
+        job.module_factory,
+        job.data_dir,
+        str(job.precompute_key),
+        job.precompute_features,
+        actors=job.resources.num_workers,
+        cpus_per_actor=job.resources.cpu,
+    )
+    schema = FeatureSchema.load(job.data_dir)
+    datasets = {
+        split: read_parquet_columns(stored.split_dir(split), stored.columns(schema))
+        for split in ("train", "validation")
+    }
+    return datasets, stored.features
 
 
 def resolve_data_mode(job: TrainJob) -> Literal["memory", "stream"]:
@@ -224,7 +254,7 @@ def _train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     if loop_config["mode"] == "memory":
         train, validation = _memory_sources(job, rank, world, device)
     else:
-        train, validation = _stream_sources(job, schema, device)
+        train, validation = _stream_sources(job, schema, device, loop_config["cached"])
 
     resume = None
     checkpoint = ray.train.get_checkpoint()
@@ -287,7 +317,7 @@ def _memory_sources(
 
 
 def _stream_sources(
-    job: TrainJob, schema: FeatureSchema, device: torch.device
+    job: TrainJob, schema: FeatureSchema, device: torch.device, cached: Sequence[str]
 ) -> tuple[IterableBatches, IterableBatches]:
     import ray.train
 
@@ -306,12 +336,17 @@ def _stream_sources(
             shuffle_buffer_rows=max(SHUFFLE_BUFFER_ROWS, config.batch_size),
             seed=config.seed * 1_000_003 + epoch,
             prefetch_batches=2,
+            cached=cached,
         )
         return (b.pin_memory() if pin else b for b in batches)
 
     def validation_pass(_: int) -> Iterator[Batch]:
         batches = iter_batches(
-            validation_shard, schema, config.eval_batch_size_on(device), prefetch_batches=2
+            validation_shard,
+            schema,
+            config.eval_batch_size_on(device),
+            prefetch_batches=2,
+            cached=cached,
         )
         return (b.pin_memory() if pin else b for b in batches)
 

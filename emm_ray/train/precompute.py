@@ -1,0 +1,142 @@
+"""A module's input-only features, computed once per split and stored beside it, for streams.
+
+A fused model's frozen pool gives every row the same outputs in every epoch (each
+member's logit, its level-0 component output: `EMMModel.precompute`). In memory the
+training loop computes them once per fit (`loop.with_precomputed`); a split that
+streams gets them here, once for all runs: Ray Data reads the split, an actor pool whose
+actors each build the module once (`map_batches`) adds the features as columns
+`cached.<name>`, and the result is written as parquet under
+`<prepared>/precomputed/<key>/<split>/`. `key` is the module's `precompute_key()` (the
+frozen pool's checksum and the feature names), so a changed pool never reads stale
+columns and an unchanged one reuses them in every later run. A split is complete once
+its `_SUCCESS.json` (written last, with the row count) exists; anything else in its
+directory is a crashed attempt and is replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from emm_ray.data.batch import CACHED_PREFIX, BatchCollator
+from emm_ray.data.schema import FeatureSchema
+from emm_ray.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+SUCCESS_FILE = "_SUCCESS.json"
+ROWS_PER_CALL = 4096
+
+
+@dataclass(frozen=True)
+class PrecomputedSplits:
+    """Where a module's stored features live, and their names (`Batch.cached` keys)."""
+
+    directory: str
+    features: tuple[str, ...]
+
+    def split_dir(self, split: str) -> Path:
+        return Path(self.directory) / split
+
+    def columns(self, schema: FeatureSchema) -> list[str]:
+        from emm_ray.data.streaming import split_columns
+
+        return split_columns(schema) + [CACHED_PREFIX + name for name in self.features]
+
+
+class FeatureActor:
+    """One Ray Data actor: builds the module once, then adds its features to each batch."""
+
+    def __init__(self, module_factory: Any, data_dir: str, threads: int) -> None:
+        torch.set_num_threads(threads)
+        schema = FeatureSchema.load(data_dir)
+        self.module = module_factory(schema).eval()
+        self.collate = BatchCollator(schema)
+
+    def __call__(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = self.collate(columns)
+        features = self.module.precompute(batch.sparse, batch.dense)
+        return {
+            **columns,
+            **{CACHED_PREFIX + name: tensor.numpy() for name, tensor in features.items()},
+        }
+
+
+def precompute_splits(
+    module_factory: Any,
+    data_dir: str,
+    key: str,
+    features: Sequence[str],
+    *,
+    splits: Sequence[str] = ("train", "validation"),
+    actors: int = 1,
+    cpus_per_actor: float = 0.5,
+) -> PrecomputedSplits:
+    """Store `module_factory(schema).precompute` for each split of `data_dir` under `key`.
+
+    Reuses complete splits; needs a running Ray. `features` are the names the module's
+    `precompute` returns (checked on the first batch written).
+    """
+    from emm_ray.data.streaming import read_split
+
+    stored = PrecomputedSplits(str(Path(data_dir) / "precomputed" / key), tuple(features))
+    for split in splits:
+        target = stored.split_dir(split)
+        if (target / SUCCESS_FILE).is_file():
+            logger.info("precomputed %s features of %s: reusing %s", split, key, target)
+            continue
+        if target.exists():
+            shutil.rmtree(target)  # an attempt that did not finish
+        started = time.perf_counter()
+        source = read_split(data_dir, split, with_row_id=True)
+        source.map_batches(
+            FeatureActor,
+            fn_constructor_args=(module_factory, data_dir, max(1, int(cpus_per_actor))),
+            batch_size=ROWS_PER_CALL,
+            batch_format="numpy",
+            concurrency=(1, max(1, actors)),
+            num_cpus=cpus_per_actor,
+        ).write_parquet(str(target))
+        rows = _check_written(target, data_dir, split, stored.features)
+        (target / SUCCESS_FILE).write_text(
+            json.dumps({"key": key, "rows": rows, "features": list(stored.features)})
+        )
+        logger.info(
+            "precomputed %s features of %s: %d rows in %.1f s -> %s",
+            split,
+            key,
+            rows,
+            time.perf_counter() - started,
+            target,
+        )
+    return stored
+
+
+def _check_written(target: Path, data_dir: str, split: str, features: tuple[str, ...]) -> int:
+    """Rows written; refuses output whose rows or columns do not match the split."""
+    from emm_ray.data.prepare import PreparedDataset
+
+    files = sorted(target.glob("*.parquet"))
+    source_files = sorted(PreparedDataset.load(data_dir).split_dir(split).rglob("*.parquet"))
+    written = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    expected = sum(pq.ParquetFile(f).metadata.num_rows for f in source_files)
+    if written != expected:
+        raise DataError(
+            f"precomputing {split} wrote {written} rows to {target}, the split has {expected}"
+        )
+    if files:
+        present = set(pq.ParquetFile(files[0]).schema_arrow.names)
+        missing = [n for n in features if CACHED_PREFIX + n not in present]
+        if missing:
+            raise DataError(f"precomputed {split} in {target} lacks features {missing}")
+    return written
