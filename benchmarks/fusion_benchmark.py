@@ -118,6 +118,7 @@ def fused_variants() -> dict[str, tuple[str, FusionConfig]]:
         "emm-fresh-embedding": ("fused", emm.model_copy(update={"embedding": "fresh"})),
         "emm-dropout": ("fused", emm.model_copy(update={"dropout": 0.2})),
         "emm-narrow": ("fused", emm.model_copy(update={"d_model": 32, "tower_hidden": (32,)})),
+        "emm-frozen-pool": ("fused", emm.model_copy(update={"component_input": "none"})),
     }
 
 

@@ -28,7 +28,12 @@ class FusionConfig(StrictModel):
     - `component_input`: what feeds a member's component at level l+1. `residual` gives it
       its own previous component's output plus a zero-initialised adapter of its task's
       fused state (so at initialisation every member runs exactly as trained, and fusion
-      only adds to it); `fused` gives it only the adapted fused state (the reference).
+      only adds to it); `fused` gives it only the adapted fused state (the reference);
+      `none` feeds it only its own previous output: the frozen pool runs once, exactly
+      as trained, and the task's fused state reaches the next level as the gates'
+      context and added to the task's own mixture before the merge. Every component
+      output then depends on the rows alone, so the whole pool is precomputed once per
+      split and a training step runs only the fusion parameters (`emm_ray.fusion.model`).
     - `top_k`: other-task components the fusion gate keeps per task and level; 0 turns
       the cross-task path off (own-task components only).
     - `prediction`: `pool_residual` adds each task's tower output to the ensemble logit
@@ -54,7 +59,7 @@ class FusionConfig(StrictModel):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     embedding: Literal["pool", "fresh"] = "pool"
     fresh_embedding_dim: PositiveInt = 16
-    component_input: Literal["residual", "fused"] = "residual"
+    component_input: Literal["residual", "fused", "none"] = "residual"
     tower_hidden: tuple[PositiveInt, ...] = (64,)
     prediction: Literal["pool_residual", "tower"] = "tower"
     ensemble: Literal["mean", "stacked"] = "stacked"
@@ -68,4 +73,9 @@ class FusionConfig(StrictModel):
             raise ValueError("correction 'none' predicts the ensemble: it needs pool_residual")
         if self.embedding == "fresh" and self.correction != "akf":
             raise ValueError("a fresh embedding feeds the AKF stack: it needs correction 'akf'")
+        if self.component_input == "none" and self.embedding == "fresh":
+            raise ValueError(
+                "component_input 'none' runs the pool exactly as trained, on its own "
+                "embeddings: it needs embedding 'pool'"
+            )
         return self

@@ -16,7 +16,8 @@ What feeds component (m, l+1)? Each block only understands its own member's stat
 right by construction is the member's own previous output. In `residual` mode the
 component receives exactly that, plus a zero-initialised linear map of its task's fused
 state: at initialisation the pool member runs exactly as trained, and fusion can only add
-information. In `fused` mode (the reference) it receives only the adapted fused state.
+information. In `fused` mode (the reference) it receives only the adapted fused state;
+in `none` mode only its own previous output (the member runs exactly as trained).
 Adapters are identity maps where widths already agree (as the reference's are), except
 the residual adapter, which must start at zero.
 """
@@ -142,7 +143,7 @@ class AlignedMember(nn.Module):
         member: PoolMember,
         levels: int,
         d_model: int | None,
-        component_input: Literal["residual", "fused"],
+        component_input: Literal["residual", "fused", "none"],
         fresh_width: int | None,
     ) -> None:
         super().__init__()
@@ -172,6 +173,8 @@ class AlignedMember(nn.Module):
             ZeroLinear(d_model, c.in_width)
             if component_input == "residual"
             else width_adapter(d_model, c.in_width)
+            if component_input == "fused"
+            else nn.Identity()  # `none`: the component reads its own previous output only
             for c in self.components[1:]
         ]
         self.input_adapters = nn.ModuleList([first_input, *later_inputs])
@@ -216,6 +219,8 @@ class AlignedMember(nn.Module):
         """
         if level == 0:
             return self.input_adapters[0](previous)
+        if self.input_mode == "none":
+            return previous
         adapted = self.input_adapters[level](fused)
         return previous + adapted if self.input_mode == "residual" else adapted
 

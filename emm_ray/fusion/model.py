@@ -129,7 +129,7 @@ class EMMModel(nn.Module):
         `cached`: these rows' `precompute` output, if the caller kept it (the training
         loop does for in-memory splits; streamed shards carry it as columns).
         """
-        return self.parts(sparse, dense, trace=False, cached=cached).logits
+        return self.parts(sparse, dense, trace=False, cached=cached, skip_unused=True).logits
 
     def run(
         self, sparse: torch.Tensor, dense: torch.Tensor, trace: bool = True
@@ -166,15 +166,21 @@ class EMMModel(nn.Module):
         identity = [parameter_checksum(frozen), self.schema.hash, *self.precompute_names()]
         return hashlib.sha256("|".join(identity).encode()).hexdigest()[:24]
 
+    def _stored_levels(self) -> int:
+        """How many leading levels of component outputs depend on the rows alone."""
+        if self.stack is None or self.stack.fresh_embedding is not None:
+            return 0
+        return self.num_levels if self.config.component_input == "none" else 1
+
     def _feature_plan(self) -> list[tuple[int, list[str]]]:
         """Per member that runs on the rows alone: its index and the features it yields."""
         founders = {i for own in self.layout.founding for i in own}
         needs_native = self.config.prediction == "pool_residual" or self.heads is not None
-        first_levels = self.stack is not None and self.stack.fresh_embedding is None
+        levels = self._stored_levels()
         plan = []
         for i in range(len(self.members)):
             native = needs_native and i in founders
-            names = [f"level0.{i}"] if first_levels else []
+            names = [f"level{level}.{i}" for level in range(levels)]
             if native:
                 names.append(f"logit.{i}")
                 if self.heads is not None:
@@ -186,22 +192,29 @@ class EMMModel(nn.Module):
     def _frozen_features(
         self, sparse: torch.Tensor, dense: torch.Tensor
     ) -> tuple[dict[str, torch.Tensor], dict[int, torch.Tensor]]:
-        """`precompute`'s features, and the founding members' embeddings computed on the way."""
+        """`precompute`'s features, and the founding members' embeddings computed on the way.
+
+        Each member runs once, level by level, as far as its features need: the level
+        outputs the stack reads, then on to its tower for its own logit.
+        """
         founders = {i for own in self.layout.founding for i in own}
         features: dict[str, torch.Tensor] = {}
         embedded: dict[int, torch.Tensor] = {}
         for i, names in self._feature_plan():
             member = self.members[i]
-            embedding = member.embed(sparse, dense)
+            state = member.embed(sparse, dense)
             if i in founders:
-                embedded[i] = embedding
-            first = member.components[0](embedding)
-            if f"level0.{i}" in names:
-                features[f"level0.{i}"] = first
-            if f"logit.{i}" in names:
-                hidden, features[f"logit.{i}"] = member.native_after(0, first)
+                embedded[i] = state
+            native = f"logit.{i}" in names
+            depth = self.num_levels if native else self._stored_levels()
+            for level in range(depth):
+                state = member.components[level](state)
+                if f"level{level}.{i}" in names:
+                    features[f"level{level}.{i}"] = state
+            if native:
+                features[f"logit.{i}"] = member.tower(state)
                 if f"hidden.{i}" in names:
-                    features[f"hidden.{i}"] = hidden
+                    features[f"hidden.{i}"] = state
         return features, embedded
 
     def parts(
@@ -210,14 +223,24 @@ class EMMModel(nn.Module):
         dense: torch.Tensor,
         trace: bool,
         cached: dict[str, torch.Tensor] | None = None,
+        skip_unused: bool = False,
     ) -> FusedOutput:
         """The forward pass, keeping the ensemble and the correction apart.
 
+        With `skip_unused`, a model whose every task kept the bare ensemble
+        (`finish_training`) does not compute its correction at all: the logits are the
+        same, and its forward costs what its pool's does.
+
         Each frozen member runs at most once per call: its input-only part (`precompute`,
-        or `cached`) once, and with the AKF stack its levels after the first once more,
-        on the fused state.
+        or `cached`) once, and with the AKF stack in `residual` / `fused` mode its levels
+        after the first once more, on the fused state.
         """
         founding = self.layout.founding
+        residual = self.config.prediction == "pool_residual"
+        if skip_unused and residual and not bool(self.ensemble.correction_mask().any()):
+            features = cached or self._native_features(sparse, dense)
+            base = self._ensemble(features)
+            return FusedOutput(base, torch.zeros_like(base), base, [])
         if cached:
             features = cached
             needs_embedding = self.stack is not None and self.stack.fresh_embedding is None
@@ -231,27 +254,36 @@ class EMMModel(nn.Module):
         rows = sparse.shape[0]
         records: list[GateRecord] = []
         if self.stack is not None:
-            first = {
-                i: features[f"level0.{i}"]
-                for i in range(len(self.members))
-                if f"level0.{i}" in features
-            }
-            correction, records = self.stack(self.members, sparse, dense, embedded, first, trace)
+            correction, records = self.stack(self.members, sparse, dense, embedded, features, trace)
         elif self.heads is not None:
             correction = self.heads(
                 [torch.cat([features[f"hidden.{i}"] for i in own], dim=1) for own in founding]
             )
         else:
             correction = sparse.new_zeros(rows, len(self.task_names), dtype=torch.float32)
-        if self.config.prediction == "pool_residual":
-            base = self.ensemble(
-                [torch.stack([features[f"logit.{i}"] for i in own], 1) for own in founding]
-            )
+        if residual:
+            base = self._ensemble(features)
             logits = base + self.ensemble.correction_mask().to(correction.dtype) * correction
         else:
             base = torch.zeros_like(correction)
             logits = correction
         return FusedOutput(base, correction, logits, records)
+
+    def _ensemble(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`[B, T]` ensemble logits from the founding members' `logit.<i>` features."""
+        return self.ensemble(
+            [torch.stack([features[f"logit.{i}"] for i in own], 1) for own in self.layout.founding]
+        )
+
+    def _native_features(
+        self, sparse: torch.Tensor, dense: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Only the founding members' own logits: each founder run once, end to end."""
+        return {
+            f"logit.{i}": self.members[i].native(self.members[i].embed(sparse, dense))[1]
+            for own in self.layout.founding
+            for i in own
+        }
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable[Batch], max_rows: int = 1 << 20) -> None:

@@ -102,15 +102,15 @@ class AKFStack(nn.Module):
         sparse: torch.Tensor,
         dense: torch.Tensor,
         embedded: dict[int, torch.Tensor],
-        first_outputs: dict[int, torch.Tensor],
+        stored: dict[str, torch.Tensor],
         trace: bool,
     ) -> tuple[torch.Tensor, list[GateRecord]]:
         """Tower outputs `[B, T]` and, with `trace`, what every gate did for these rows.
 
         With the pool's own embeddings, `embedded[i]` is founding member i's frozen
-        embedding of the rows (its task's level-0 context) and `first_outputs[i]` member
-        i's level-0 component output: both depend on the rows alone, so they may come
-        from a cache. Both are unused with a fresh embedding.
+        embedding of the rows (its task's level-0 context) and `stored["level<l>.<i>"]`
+        member i's component output at level l wherever that depends on the rows alone
+        (level 0; every level with `component_input: none`), possibly from a cache.
         """
         layout = self.layout
         records: list[GateRecord] = []
@@ -128,9 +128,9 @@ class AKFStack(nn.Module):
         for level in range(self.num_levels):
             outputs, tokens = [], []
             for index, member in enumerate(members):
-                if level == 0 and self.fresh_embedding is None:
-                    output = first_outputs[index]
-                    token = member.token(0, output)
+                given = stored.get(f"level{level}.{index}")
+                if given is not None:
+                    output, token = given, member.token(level, given)
                 else:
                     state = fused[layout.member_tasks[index]] if level else None
                     output, token = member.run_level(
@@ -140,6 +140,8 @@ class AKFStack(nn.Module):
                 tokens.append(token)
             token_stack = torch.stack(tokens, dim=1)
             mixed = [f.mix(contexts[t], token_stack) for t, f in enumerate(self.fusion[level])]
+            if level and self.config.component_input == "none":  # the fused state goes on here
+                mixed = [(mixture + fused[t], w) for t, (mixture, w) in enumerate(mixed)]
             mixtures = torch.stack([mixture for mixture, _ in mixed], dim=1)
             fused = []
             for task, module in enumerate(self.fusion[level]):

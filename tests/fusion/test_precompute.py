@@ -15,6 +15,7 @@ from tests.fusion.test_decompose import TINY
 CONFIGS = {
     "emm": {"prediction": "pool_residual"},
     "no-cross-task": {"prediction": "pool_residual", "top_k": 0},
+    "frozen-pool": {"prediction": "pool_residual", "component_input": "none"},
     "mlp-correction": {"prediction": "pool_residual", "correction": "mlp"},
     "fresh-embedding": {"prediction": "pool_residual", "embedding": "fresh"},
     "reference": {"variant": "reference", "embedding": "fresh", "component_input": "fused"},
@@ -64,6 +65,7 @@ def test_the_pool_residual_model_caches_its_level0_outputs_and_member_logits() -
     cached = model.precompute(batch.sparse, batch.dense)
     members = range(len(model.members))
     assert set(cached) == {f"level0.{i}" for i in members} | {f"logit.{i}" for i in members}
+    assert set(cached) == set(model.precompute_names())
     for i, member in enumerate(model.members):
         hidden, logit = member.native(member.embed(batch.sparse, batch.dense))
         torch.testing.assert_close(cached[f"logit.{i}"], logit, rtol=0, atol=0)
@@ -102,3 +104,45 @@ def test_a_split_is_precomputed_once_and_keeps_its_rows_in_step() -> None:
         fresh = model.precompute(batch.sparse, batch.dense)
         for name, tensor in fresh.items():
             torch.testing.assert_close(batch.cached[name], tensor, rtol=0, atol=1e-6)
+
+
+def test_with_component_input_none_a_step_runs_no_frozen_component() -> None:
+    """Every level is stored; a step only gathers the embeddings its level-0 gates read."""
+    model = heterogeneous_model(CONFIGS["frozen-pool"]).train()
+    batch = planted_batch(model.schema, 32, seed=0)
+    cached = model.precompute(batch.sparse, batch.dense)
+    levels = {f"level{level}.{i}" for level in range(model.num_levels) for i in range(6)}
+    assert levels <= set(cached)
+    calls = []
+    hooks = [
+        frozen.register_forward_hook(lambda *_: calls.append(1))
+        for member in model.members
+        for frozen in (*member.components, member.tower)
+    ]
+    try:
+        model(batch.sparse, batch.dense, cached)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == [], "a training step with stored features ran a frozen component"
+
+
+def test_a_model_that_kept_the_ensemble_everywhere_does_not_run_its_correction() -> None:
+    model = heterogeneous_model(CONFIGS["emm"]).eval()
+    batch = planted_batch(model.schema, 32, seed=0)
+    for ensemble in model.ensemble.tasks[:2]:
+        ensemble.correction_enabled.fill_(False)
+    stack_calls = []
+    hook = model.stack.register_forward_hook(lambda *_: stack_calls.append(1))
+    try:
+        some_kept = model(batch.sparse, batch.dense)
+        assert stack_calls, "one task still keeps its correction: the stack must run"
+        model.ensemble.tasks[2].correction_enabled.fill_(False)
+        stack_calls.clear()
+        none_kept = model(batch.sparse, batch.dense)
+        assert stack_calls == []
+    finally:
+        hook.remove()
+    full = model.parts(batch.sparse, batch.dense, trace=False)
+    torch.testing.assert_close(none_kept, full.logits, rtol=0, atol=0)
+    torch.testing.assert_close(none_kept[:, :2], some_kept[:, :2], rtol=0, atol=0)
