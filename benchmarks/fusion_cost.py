@@ -1,140 +1,263 @@
-"""What fusion costs compared with training PLE end to end, on the same data and hardware.
+"""What fusion costs against training PLE end to end, to convergence, side by side in one run.
 
-Trains, one after the other in one process with the same loop and settings (a fixed
-number of epochs, no early stopping, so every model sees the same rows): the pool of
-`fusion_benchmark.py` (four single-task members), the `emm` fused model over it, and PLE.
-The fused model trains as the fuse stage trains it (`FuseSpec.fit_config`: the
-correction's own lr, scored before training when it starts at the pool's ensemble), so
-its time includes that extra validation pass.
-Reports trainable parameters, wall time and CPU time (process time: robust to other
-load on a shared machine), and the ratios fusion / PLE, with and without the pool's
-training (the pool usually exists already: that is EMM's premise).
+On real census, in one run and with the same loop, data and stopping rule (early
+stopping on mean validation AUC with `--patience`, best weights restored, under caps
+that must not bind), trains
 
-    python benchmarks/fusion_cost.py --epochs 2
+- `pool`: the four members of `fusion_benchmark.py`'s census pool (what EMM assumes
+  exists already; reported for the whole picture);
+- `emm`: the shipped fused model over that pool (`configs/fusion/emm.yaml`: the stack's
+  levels after the first re-run on the fused state), as the fuse stage trains it
+  (`FuseSpec.fit_config`: its own lr, scored before training);
+- `emm-frozen-pool`: the same with `component_input: none` (the pool runs once, fully
+  precomputed);
+- `ple`: PLE end to end, the best converged baseline of `fusion_census.md`.
+
+Each model trains in its own child process (spawned one after the other, so nothing
+runs beside it from this benchmark), which gives its own peak memory (the child's peak
+RSS: data, model, optimiser, precomputed features). Per model: wall and CPU seconds of
+`fit` (precomputing the pool's features included), epochs, and the same per epoch; the
+load average before and after. Ratios fusion / PLE come from the same run. Writes
+`benchmarks/results/fusion_cost.md` and its JSON twin `fusion_cost.json`.
+
+    python benchmarks/fusion_cost.py
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import resource
 import tempfile
 import time
-from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import torch
 from fusion_benchmark import MEMBER_HPARAMS, POOLS  # the same pool, run as a script
-from torch import nn
-
-from emm_ray.baselines import build_baseline
-from emm_ray.config import load_yaml_config
-from emm_ray.data.prepare import DatasetConfig, prepare_dataset
-from emm_ray.data.streaming import load_split
-from emm_ray.fusion import EMMModel, FusionConfig, PoolMember
-from emm_ray.fusion.stage import FuseSpec
-from emm_ray.models import build_model
-from emm_ray.train.loop import TensorBatches, TrainConfig, fit, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
+WORK = Path(tempfile.gettempdir()) / "emm-bench"
 MEMBERS = POOLS["census"]
+FUSED = {"emm": "residual", "emm-frozen-pool": "none"}
+
+
+@dataclass
+class Measured:
+    model: str
+    epochs: int
+    best_epoch: int
+    wall_s: float
+    cpu_s: float
+    peak_mib: float
+    load_before: float
+    load_after: float
+    trainable_params: int
+    val_auc: float
+
+
+def train_in_child(job: dict[str, Any]) -> dict[str, Any]:
+    """Runs in a fresh process: build one model, fit it, report time and peak memory."""
+    from emm_ray.baselines import build_baseline
+    from emm_ray.config import load_yaml_config
+    from emm_ray.data.prepare import PreparedDataset
+    from emm_ray.data.streaming import load_split
+    from emm_ray.fusion import EMMModel, FusionConfig, PoolMember
+    from emm_ray.fusion.stage import FuseSpec
+    from emm_ray.models import build_model
+    from emm_ray.train.loop import TensorBatches, TrainConfig, fit, seed_everything
+
+    torch.set_num_threads(job["threads"])
+    prepared = PreparedDataset.load(job["data"])
+    schema = prepared.schema
+    train_rows = load_split(prepared.path, "train")
+    validation = load_split(prepared.path, "validation")
+    config = TrainConfig.model_validate(job["train"])
+    seed_everything(0)
+    if job["kind"] == "member":
+        module = build_model(job["architecture"], schema, job["task"], **job["hparams"])
+        tasks = [job["task"]]
+    elif job["kind"] == "ple":
+        module = build_baseline("ple", schema)
+        tasks = schema.task_names
+    else:
+        pool = []
+        for name, architecture, task in job["pool"]:
+            member = build_model(architecture, schema, task, **MEMBER_HPARAMS[architecture])
+            state = torch.load(Path(job["pool_dir"]) / f"{name}.pt", weights_only=True)
+            member.load_state_dict(state)
+            pool.append(PoolMember(name, member.eval()))
+        fusion = load_yaml_config(REPO / "configs/fusion/emm.yaml", FusionConfig).model_copy(
+            update={"component_input": job["component_input"]}
+        )
+        config = FuseSpec(fusion=fusion, train=config).fit_config
+        module = EMMModel(schema, pool, fusion)
+        tasks = module.task_names
+    load_before = os.getloadavg()[0]
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fit(
+        module,
+        TensorBatches(train_rows, config.batch_size, shuffle=True, seed=0),
+        TensorBatches(validation, config.eval_batch_size_on("cpu")),
+        [schema.task_index(t) for t in tasks],
+        config,
+        task_names=tasks,
+    )
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if job["kind"] == "member":
+        torch.save(result.best_state, Path(job["pool_dir"]) / f"{job['name']}.pt")
+    return asdict(
+        Measured(
+            model=job["name"],
+            epochs=len(result.history),
+            best_epoch=result.best_epoch,
+            wall_s=wall,
+            cpu_s=cpu,
+            peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            load_before=load_before,
+            load_after=os.getloadavg()[0],
+            trainable_params=sum(p.numel() for p in module.parameters() if p.requires_grad),
+            val_auc=result.best_score,
+        )
+    )
+
+
+def run(job: dict[str, Any]) -> Measured:
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as executor:
+        return Measured(**executor.submit(train_in_child, job).result())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=40, help="cap of the pool and PLE")
+    parser.add_argument("--fusion-epochs", type=int, default=30, help="cap of fused models")
+    parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lr", type=float, default=2e-3, help="lr of the pool and of PLE")
-    parser.add_argument(
-        "--fusion-lr", type=float, default=3e-4, help="lr of the fused model's correction"
-    )
+    parser.add_argument("--fusion-lr", type=float, default=3e-4, help="lr of the correction")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/fusion_cost.md")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    prepared = prepare_dataset(
-        DatasetConfig(name="census", source="real"),
-        Path(tempfile.gettempdir()) / "emm-bench" / "census-real",
-    )
+
+    from emm_ray.data.prepare import DatasetConfig, prepare_dataset
+
+    prepared = prepare_dataset(DatasetConfig(name="census", source="real"), WORK / "census-real")
     schema = prepared.schema
-    train_data = load_split(prepared.path, "train")
-    validation = load_split(prepared.path, "validation")
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=2048, lr=args.lr, patience=None, num_threads=args.threads
-    )
-
-    def train(
-        build: Callable[[], nn.Module], tasks: list[str], config: TrainConfig = config
-    ) -> tuple[nn.Module, dict]:
-        seed_everything(0)
-        module = build()
-        wall, cpu = time.perf_counter(), time.process_time()
-        result = fit(
-            module,
-            TensorBatches(train_data, config.batch_size, shuffle=True, seed=0),
-            TensorBatches(validation, config.eval_batch_size_on("cpu")),
-            [schema.task_index(t) for t in tasks],
-            config,
-            task_names=tasks,
+    pool_dir = Path(tempfile.mkdtemp(prefix="fusion-cost-pool-"))
+    common = {"data": str(prepared.path), "threads": args.threads, "pool_dir": str(pool_dir)}
+    train = {
+        "epochs": args.epochs,
+        "batch_size": 2048,
+        "lr": args.lr,
+        "patience": args.patience,
+        "num_threads": args.threads,
+    }
+    pool = [(f"{a}_{schema.task_names[p]}", a, schema.task_names[p]) for a, p in MEMBERS]
+    measured: list[Measured] = []
+    for name, architecture, task in pool:
+        measured.append(
+            run(
+                {
+                    **common,
+                    "kind": "member",
+                    "name": name,
+                    "architecture": architecture,
+                    "task": task,
+                    "hparams": MEMBER_HPARAMS[architecture],
+                    "train": train,
+                }
+            )
         )
-        return module, {
-            "wall": time.perf_counter() - wall,
-            "cpu": time.process_time() - cpu,
-            "train_seconds": sum(h["train_seconds"] for h in result.history),
-            "params": sum(p.numel() for p in module.parameters() if p.requires_grad),
-            "val_auc": result.best_score,
-        }
+    fusion_train = {**train, "epochs": args.fusion_epochs, "lr": args.fusion_lr}
+    for name, component_input in FUSED.items():
+        job = {**common, "kind": "fused", "name": name, "pool": pool, "train": fusion_train}
+        measured.append(run({**job, "component_input": component_input}))
+    measured.append(run({**common, "kind": "ple", "name": "ple", "train": train}))
+    write(args, measured, len(pool), prepared.num_rows("train"))
 
-    measured: dict[str, dict] = {}
-    pool = []
-    for architecture, position in MEMBERS:
-        task = schema.task_names[position]
-        model, stats = train(
-            lambda a=architecture, t=task: build_model(a, schema, t, **MEMBER_HPARAMS[a]), [task]
-        )
-        measured[f"{architecture}_{task}"] = stats
-        pool.append(PoolMember(f"{architecture}_{task}", model.eval()))
-    fusion = load_yaml_config(REPO / "configs/fusion/emm.yaml", FusionConfig)
-    fuse_config = FuseSpec(
-        fusion=fusion, train=config.model_copy(update={"lr": args.fusion_lr})
-    ).fit_config
-    _, measured["emm (fusion only)"] = train(
-        lambda: EMMModel(schema, pool, fusion), schema.task_names, fuse_config
+
+def rows_of(measured: list[Measured], pool_size: int) -> list[dict[str, Any]]:
+    """The JSON twin's rows: every model per epoch and to convergence; the pool summed."""
+    members, others = measured[:pool_size], measured[pool_size:]
+    pool = Measured(
+        model="pool",
+        epochs=sum(m.epochs for m in members),
+        best_epoch=0,
+        wall_s=sum(m.wall_s for m in members),
+        cpu_s=sum(m.cpu_s for m in members),
+        peak_mib=max(m.peak_mib for m in members),
+        load_before=members[0].load_before,
+        load_after=members[-1].load_after,
+        trainable_params=sum(m.trainable_params for m in members),
+        val_auc=float("nan"),
     )
-    _, measured["ple"] = train(lambda: build_baseline("ple", schema), schema.task_names)
+    rows = []
+    for m in [*others, pool]:
+        for scope, divisor in (("per_epoch", m.epochs), ("to_convergence", 1)):
+            rows.append(
+                {
+                    "model": m.model,
+                    "scope": scope,
+                    "epochs": m.epochs,
+                    "wall_s": round(m.wall_s / divisor, 3),
+                    "cpu_s": round(m.cpu_s / divisor, 3),
+                    "peak_mib": round(m.peak_mib, 1),
+                    "load_before": round(m.load_before, 2),
+                    "load_after": round(m.load_after, 2),
+                }
+            )
+    return rows
 
-    pool_names = [f"{a}_{schema.task_names[p]}" for a, p in MEMBERS]
-    pool_total = {k: sum(measured[n][k] for n in pool_names) for k in ("wall", "cpu", "params")}
-    fused, ple = measured["emm (fusion only)"], measured["ple"]
+
+def write(args: argparse.Namespace, measured: list[Measured], pool_size: int, rows: int) -> None:
+    by_name = {m.model: m for m in measured}
+    ple = by_name["ple"]
     lines = [
-        "# Fusion cost vs PLE end to end (real census)",
+        "# Fusion cost vs PLE, to convergence (real census)",
         "",
-        f"Same data (census train split, {len(train_data)} rows), same loop, {args.epochs} "
-        f"epochs each without early stopping, batch 2048, Adam lr {args.lr} (the fused "
-        f"model's correction: lr {args.fusion_lr}, validated once before training as the "
-        f"fuse stage does), {args.threads} torch thread(s), "
-        "one process, models trained one after the other on a shared 2-core CPU machine. "
-        "CPU time is the process's own CPU seconds (robust to other load), wall time is not.",
+        f"One run on {platform.machine()} ({os.cpu_count()} cores), "
+        f"{time.strftime('%Y-%m-%d')}: census train split ({rows:,} rows), every model in "
+        f"its own child process one after the other, {args.threads} torch thread(s), batch "
+        f"2048, early stopping on mean validation AUC with patience {args.patience}, caps "
+        f"{args.epochs} (pool, PLE; Adam lr {args.lr}) and {args.fusion_epochs} (fused; lr "
+        f"{args.fusion_lr}, scored before training as the fuse stage does). Wall and CPU "
+        "seconds are those of `fit` (precomputing the frozen pool's features included); "
+        "peak memory is the child process's peak RSS (data, model, optimiser, features). "
+        "Load average (1 min) before and after each model: a load near 2 means another "
+        "job shared the 2 cores.",
         "",
-        "| model | trainable params | wall s | CPU s | train-loop s | best val AUC (mean) |",
-        "|---|---|---|---|---|---|",
+        "| model | epochs (best) | trainable params | wall s | CPU s | wall s / epoch | "
+        "CPU s / epoch | peak MiB | val AUC | load before / after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, stats in measured.items():
+    for m in measured:
         lines.append(
-            f"| {name} | {stats['params']:,} | {stats['wall']:.1f} | {stats['cpu']:.1f} | "
-            f"{stats['train_seconds']:.1f} | {stats['val_auc']:.4f} |"
+            f"| {m.model} | {m.epochs} ({m.best_epoch}) | {m.trainable_params:,} | "
+            f"{m.wall_s:.1f} | {m.cpu_s:.1f} | {m.wall_s / m.epochs:.1f} | "
+            f"{m.cpu_s / m.epochs:.1f} | {m.peak_mib:.0f} | {m.val_auc:.4f} | "
+            f"{m.load_before:.2f} / {m.load_after:.2f} |"
         )
     lines += [
-        f"| pool (4 members, total) | {pool_total['params']:,} | {pool_total['wall']:.1f} | "
-        f"{pool_total['cpu']:.1f} | | |",
         "",
-        "| ratio | trainable params | wall time | CPU time |",
-        "|---|---|---|---|",
-        f"| fusion / PLE | {fused['params'] / ple['params']:.2f} | "
-        f"{fused['wall'] / ple['wall']:.2f} | {fused['cpu'] / ple['cpu']:.2f} |",
-        "| (pool + fusion) / PLE | "
-        f"{(fused['params'] + pool_total['params']) / ple['params']:.2f} | "
-        f"{(fused['wall'] + pool_total['wall']) / ple['wall']:.2f} | "
-        f"{(fused['cpu'] + pool_total['cpu']) / ple['cpu']:.2f} |",
+        "| ratio to PLE | wall, to convergence | CPU, to convergence | wall / epoch | "
+        "CPU / epoch | peak memory |",
+        "|---|---|---|---|---|---|",
     ]
+    for name in FUSED:
+        m = by_name[name]
+        lines.append(
+            f"| {name} / ple | {m.wall_s / ple.wall_s:.2f} | {m.cpu_s / ple.cpu_s:.2f} | "
+            f"{(m.wall_s / m.epochs) / (ple.wall_s / ple.epochs):.2f} | "
+            f"{(m.cpu_s / m.epochs) / (ple.cpu_s / ple.epochs):.2f} | "
+            f"{m.peak_mib / ple.peak_mib:.2f} |"
+        )
     args.output.write_text("\n".join(lines) + "\n")
+    json_path = args.output.with_suffix(".json")
+    json_path.write_text(json.dumps(rows_of(measured, pool_size), indent=1) + "\n")
     print(args.output.read_text())
 
 

@@ -1,9 +1,11 @@
-"""Train the end-to-end baselines on Ray Train, log each to MLflow, load them back.
+"""Train the end-to-end baselines on Ray, log each to MLflow, load them back.
 
-Baselines train through the same `run_train_job` as pool members and the fused model,
-on the same prepared data, split and `TrainConfig` rules, so the comparison differs
-only in the model. Each baseline is one MLflow run tagged with a digest of its spec,
-the schema hash and the data fingerprint; a rerun reuses finished runs.
+Baselines train with the same loop as pool members and the fused model, on the same
+prepared data, split and `TrainConfig` rules, so the comparison differs only in the
+model. A baseline whose split fits in memory on one worker trains in one Ray task
+(`ray_job.run_job`: no Ray Train start-up for seconds of work); others on Ray Train.
+Each baseline is one MLflow run tagged with a digest of its spec, the schema hash and
+the data fingerprint; a rerun reuses finished runs.
 
 ESMM and AITM have a funnel form (the papers') and a plain one. Unless the config sets
 `funnel`, the training split's labels choose: the funnel form only when they are nested
@@ -54,7 +56,7 @@ from emm_ray.train.ray_job import (
     TrainJob,
     TrainOutcome,
     WorkerResources,
-    run_train_job,
+    run_job,
 )
 
 logger = logging.getLogger(__name__)
@@ -163,11 +165,11 @@ def train_baselines(
     tracking_uri: str | None = None,
     force: bool = False,
 ) -> list[BaselineRun]:
-    """Train (or reuse) every baseline of `spec` on `prepared`, one Ray Train job each,
-    `spec.max_concurrent` at once.
+    """Train (or reuse) every baseline of `spec` on `prepared`, one Ray job each
+    (`run_job`), `spec.max_concurrent` at once.
 
-    Ray Train runs in driver threads (a `fit()` mostly waits on its controller); MLflow
-    is written from this thread only. The first failure is raised after the baselines
+    Jobs are driven from driver threads (each mostly waits on Ray); MLflow is written
+    from this thread only. The first failure is raised after the baselines
     already running have finished and been logged, so no finished training is lost.
     """
     prepared = prepared if isinstance(prepared, PreparedDataset) else PreparedDataset.load(prepared)
@@ -229,7 +231,7 @@ def train_baselines(
                 resources=spec.resources,
                 data_mode=spec.data_mode,
             )
-            running[ex.submit(run_train_job, job)] = (item, run_id)
+            running[ex.submit(run_job, job)] = (item, run_id)
         for future in as_completed(running):
             item, run_id = running[future]
             try:

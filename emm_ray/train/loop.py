@@ -124,12 +124,16 @@ class TensorBatches:
 
     def batches(self, epoch: int) -> Iterator[Batch]:
         data = self.data
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(len(data), generator=generator).to(data.sparse.device)
-            data = data.slice(order)
+        if not self.shuffle:
+            for start in range(0, len(data), self.batch_size):
+                yield data.slice(slice(start, start + self.batch_size))
+            return
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(data), generator=generator).to(data.sparse.device)
+        # one gather per batch: the same copying as permuting the whole split at once,
+        # without a second copy of it (a fused model's precomputed features are GBs)
         for start in range(0, len(data), self.batch_size):
-            yield data.slice(slice(start, start + self.batch_size))
+            yield data.slice(order[start : start + self.batch_size])
 
 
 class IterableBatches:
@@ -364,14 +368,17 @@ def with_precomputed(
         return source
     data = source.data
     chunk = inference_batch_size(device)
-    parts: list[dict[str, torch.Tensor]] = []
+    cached: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for start in range(0, len(data), chunk):
             rows = data.slice(slice(start, start + chunk)).to(device)
-            parts.append(precompute(rows.sparse, rows.dense))
-    if not parts or not parts[0]:
+            for name, tensor in precompute(rows.sparse, rows.dense).items():
+                if name not in cached:  # filled in place: no second copy while joining
+                    shape = (len(data), *tensor.shape[1:])
+                    cached[name] = tensor.new_empty(shape, device=data.sparse.device)
+                cached[name][start : start + len(rows)] = tensor
+    if not cached:
         return source
-    cached = {name: torch.cat([p[name] for p in parts]).to(data.sparse.device) for name in parts[0]}
     return TensorBatches(data.with_cached(cached), source.batch_size, source.shuffle, source.seed)
 
 

@@ -112,6 +112,75 @@ class TrainOutcome:
         return rows / seconds if seconds > 0 else 0.0
 
 
+def trains_in_process(job: TrainJob) -> bool:
+    """Whether `job` is small enough to skip Ray Train: one worker, a split held in memory.
+
+    Such a job is seconds to a minute of work, while a `TorchTrainer` costs about 25 s
+    of start-up here (worker group, controller, checkpoint upload); `run_job` then runs
+    it in one Ray task, a Tune trial runs it in its own process.
+    """
+    return is_small_job(job.resources, job.data_dir, job.data_mode)
+
+
+def is_small_job(resources: WorkerResources, data_dir: str, data_mode: DataMode) -> bool:
+    """`trains_in_process` for a job not built yet."""
+    return resources.num_workers == 1 and resolve_data_mode(data_dir, data_mode) == "memory"
+
+
+def run_job(job: TrainJob) -> TrainOutcome:
+    """Train `job` in one Ray task if `trains_in_process`, else on Ray Train.
+
+    The task asks for the job's CPUs and GPUs and is retried `max_failures` times from
+    scratch (a small job has no checkpoint worth resuming from).
+    """
+    if not trains_in_process(job):
+        return run_train_job(job)
+    import ray
+
+    resources, note = fit_resources(job.name, job.resources, cluster_gpus())
+    task = ray.remote(num_cpus=resources.cpu, num_gpus=resources.gpu, max_retries=job.max_failures)(
+        fit_in_process
+    )
+    outcome: TrainOutcome = ray.get(task.remote(replace(job, resources=resources)))
+    outcome.notes += [note] if note else []
+    return outcome
+
+
+def fit_in_process(
+    job: TrainJob, on_epoch: Callable[[EpochEnd], None] | None = None
+) -> TrainOutcome:
+    """Train `job` right here on its split in memory (no Ray Train), e.g. in a Tune trial."""
+    started = time.perf_counter()
+    device = torch.device("cuda" if job.resources.gpu > 0 and torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(job.config.num_threads or max(1, int(job.resources.cpu)))
+    schema = FeatureSchema.load(job.data_dir)
+    seed_everything(job.config.seed)
+    module = job.module_factory(schema).to(device)
+    train, validation = _memory_sources(job, 0, 1, device)
+    result = fit(
+        module,
+        train,
+        validation,
+        [schema.task_index(t) for t in job.tasks],
+        job.config,
+        task_names=job.tasks,
+        device=device,
+        on_epoch=on_epoch,
+    )
+    return TrainOutcome(
+        name=job.name,
+        state_dict=result.best_state,
+        history=result.history,
+        best_epoch=result.best_epoch,
+        best_metrics=result.best_metrics,
+        stopped_early=result.stopped_early,
+        device=str(device),
+        wall_seconds=time.perf_counter() - started,
+        run_path="",
+        initial_metrics=result.initial_metrics,
+    )
+
+
 def cluster_gpus() -> float:
     """GPUs the connected Ray cluster has (0 on a CPU-only cluster)."""
     import ray
@@ -143,7 +212,7 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
 
     resources, note = fit_resources(job.name, job.resources, cluster_gpus())
     job = replace(job, resources=resources)
-    mode = resolve_data_mode(job)
+    mode = resolve_data_mode(job.data_dir, job.data_mode)
     datasets = None
     cached: tuple[str, ...] = ()
     if mode == "stream" and job.precompute_key and job.config.precompute:
@@ -215,12 +284,12 @@ def _precomputed_datasets(job: TrainJob) -> tuple[dict[str, Any], tuple[str, ...
     return datasets, stored.features
 
 
-def resolve_data_mode(job: TrainJob) -> Literal["memory", "stream"]:
+def resolve_data_mode(data_dir: str, data_mode: DataMode) -> Literal["memory", "stream"]:
     """`memory` when the decoded training split fits comfortably, else `stream`."""
-    if job.data_mode != "auto":
-        return job.data_mode
-    schema = FeatureSchema.load(job.data_dir)
-    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in _parquet_files(job.data_dir, "train"))
+    if data_mode != "auto":
+        return data_mode
+    schema = FeatureSchema.load(data_dir)
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in _parquet_files(data_dir, "train"))
     row_bytes = 8 * len(schema.sparse) + 4 * (len(schema.dense) + len(schema.tasks))
     return "memory" if rows * row_bytes < MEMORY_LIMIT_BYTES else "stream"
 

@@ -36,7 +36,7 @@ from emm_ray.tracking.store import resolve_tracking_uri, spec_digest, tag, track
 from emm_ray.tune.registry import METRIC_TAG, register_artifact
 from emm_ray.tune.space import TuneSpec
 from emm_ray.tune.tracking import MODEL_SAVED, TrialRuns, trial_run_id
-from emm_ray.tune.trial import METRIC, SearchContext, fusion_trial, load_pool
+from emm_ray.tune.trial import METRIC, SearchContext, fusion_trial, load_pool, trial_resources
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,9 @@ def run_search(
         storage_path=str(Path(storage_path).resolve() / "trials"),
     )
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(fusion_trial, context=context), {"CPU": 0.01}),
+        tune.with_resources(
+            tune.with_parameters(fusion_trial, context=context), trial_resources(context)
+        ),
         param_space=spec.search.param_space(),
         tune_config=tune.TuneConfig(
             metric=METRIC,

@@ -1,12 +1,15 @@
-"""One Tune trial: train a fused model over the frozen pool on Ray Train, save it.
+"""One Tune trial: train a fused model over the frozen pool, save it.
 
 Fusion itself is `emm_ray.fusion`'s: its `FusedModelFactory` builds the model inside the
 Train worker, `verify_frozen` checks the pool came out bit-identical, and
 `save_fused_model` writes the one self-describing artifact that gets registered.
 
-The trial is a Tune function that runs a Ray Train job (Train v2 refuses to be a Tune
-trainable itself). Train's per-epoch reports reach Tune through `TuneReportCallback`,
-so ASHA sees every epoch's mean validation AUC and can stop the trial between epochs.
+A trial whose split fits in memory on one worker trains in the trial's own process
+(`ray_job.fit_in_process`) and reports every epoch to Tune itself: a TorchTrainer's
+start-up would cost more than the trial's few epochs. Larger trials run a Ray Train
+job (Train v2 refuses to be a Tune trainable itself) whose per-epoch reports reach Tune
+through `TuneReportCallback`. Either way ASHA sees every epoch's mean validation AUC
+and can stop the trial between epochs.
 When training ends, the trial saves its fused model as an artifact and reports it as
 its checkpoint, in one last report marked `fused_model_saved`.
 """
@@ -24,9 +27,16 @@ from emm_ray.fusion.artifact import save_fused_model
 from emm_ray.fusion.config import FusionConfig
 from emm_ray.fusion.stage import FusedModelFactory, MemberWeights, verify_frozen
 from emm_ray.tracking.store import tracking_client
-from emm_ray.train.loop import TrainConfig
+from emm_ray.train.loop import EpochEnd, TrainConfig
 from emm_ray.train.members import load_member
-from emm_ray.train.ray_job import TrainJob, WorkerResources, run_train_job
+from emm_ray.train.ray_job import (
+    TrainJob,
+    WorkerResources,
+    fit_in_process,
+    is_small_job,
+    run_train_job,
+    trains_in_process,
+)
 from emm_ray.tune.space import FUSION_OPTIONS, TrialSettings
 from emm_ray.tune.tracking import MODEL_SAVED
 
@@ -72,6 +82,18 @@ def _member_auc(member: MemberWeights) -> float:
     return float(member.manifest.get("metrics", {}).get(METRIC, float("-inf")))
 
 
+def trial_resources(context: SearchContext) -> dict[str, float]:
+    """What Tune reserves for one trial: its worker's CPUs when it trains in its own
+    process, a token share when it only drives a Ray Train job (whose workers reserve
+    their own; Tune refuses 0)."""
+    resources = WorkerResources(
+        num_workers=context.trial.num_workers, cpu=context.trial.cpus_per_worker
+    )
+    if is_small_job(resources, context.data_dir, "auto"):
+        return {"CPU": resources.cpu}
+    return {"CPU": 0.01}
+
+
 def fusion_trial(config: dict[str, Any], context: SearchContext) -> None:
     """Tune function: fuse with the sampled options, report per epoch, then save the model."""
     from ray import tune
@@ -99,9 +121,16 @@ def fusion_trial(config: dict[str, Any], context: SearchContext) -> None:
             num_workers=context.trial.num_workers, cpu=context.trial.cpus_per_worker
         ),
     )
-    from ray.tune.integration.ray_train import TuneReportCallback
+    if trains_in_process(job):  # seconds of work: no Ray Train start-up inside the trial
 
-    outcome = run_train_job(job, callbacks=[TuneReportCallback()])
+        def report(end: EpochEnd) -> None:
+            tune.report({**end.metrics, "best_epoch": end.state.best_epoch})
+
+        outcome = fit_in_process(job, on_epoch=report)
+    else:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        outcome = run_train_job(job, callbacks=[TuneReportCallback()])
     model.load_state_dict(outcome.state_dict, strict=True)
     verify_frozen(model, factory, schema)
     with tempfile.TemporaryDirectory() as directory:
