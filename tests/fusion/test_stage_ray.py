@@ -242,7 +242,7 @@ def test_a_failing_baseline_leaves_the_others_trained_and_logged(
             "max_concurrent": 2,
         }
     )
-    real_job = baseline_stage.run_train_job
+    real_job = baseline_stage.run_job
 
     def shared_bottom_fails(job: TrainJob) -> TrainOutcome:
         if job.name == "baseline-shared_bottom":
@@ -250,7 +250,7 @@ def test_a_failing_baseline_leaves_the_others_trained_and_logged(
         return real_job(job)
 
     common = {"storage_path": stages.storage / "ray", "tracking_uri": stages.tracking_uri}
-    monkeypatch.setattr(baseline_stage, "run_train_job", shared_bottom_fails)
+    monkeypatch.setattr(baseline_stage, "run_job", shared_bottom_fails)
     with pytest.raises(RuntimeError, match="injected failure of shared_bottom"):
         train_baselines(spec, stages.prepared, **common)
     monkeypatch.undo()
