@@ -154,16 +154,27 @@ class EMMModel(nn.Module):
         """The names `precompute` returns, in order, without running anything."""
         return [name for _, names in self._feature_plan() for name in names]
 
-    def precompute_key(self) -> str:
-        """Names exactly what `precompute` computes: the frozen pool's weights (checksum),
-        the feature names and the schema. Stored features are reused only under this key,
-        so a changed pool never reads stale ones."""
+    def stored_names(self) -> list[str]:
+        """The features worth storing beside a streamed split: the members' logits.
+
+        Level outputs are as wide as the members' layers (DCN-v2's level 0: 1,166 floats
+        a row, the census pool's 2,606 together): streaming them through Ray Data was
+        measured slower than recomputing them, and at Ali-CCP's 42M rows they would be
+        hundreds of GB. In memory every feature is kept (`precompute`).
+        """
+        return [name for name in self.precompute_names() if name.startswith("logit.")]
+
+    def precompute_key(self, names: Sequence[str] | None = None) -> str:
+        """Names exactly what is stored: the frozen pool's weights (checksum), the feature
+        names (`names`, default all) and the schema. Stored features are reused only under
+        this key, so a changed pool never reads stale ones."""
         frozen = {
             f"{name}/{key}": tensor
             for name, member in zip(self.member_names, self.members, strict=True)
             for key, tensor in member.frozen_state().items()
         }
-        identity = [parameter_checksum(frozen), self.schema.hash, *self.precompute_names()]
+        chosen = self.precompute_names() if names is None else list(names)
+        identity = [parameter_checksum(frozen), self.schema.hash, *chosen]
         return hashlib.sha256("|".join(identity).encode()).hexdigest()[:24]
 
     def _stored_levels(self) -> int:
@@ -190,9 +201,10 @@ class EMMModel(nn.Module):
         return plan
 
     def _frozen_features(
-        self, sparse: torch.Tensor, dense: torch.Tensor
+        self, sparse: torch.Tensor, dense: torch.Tensor, only: set[str] | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[int, torch.Tensor]]:
-        """`precompute`'s features, and the founding members' embeddings computed on the way.
+        """`precompute`'s features (those in `only`, if given), and the founding members'
+        embeddings computed on the way.
 
         Each member runs once, level by level, as far as its features need: the level
         outputs the stack reads, then on to its tower for its own logit.
@@ -200,21 +212,25 @@ class EMMModel(nn.Module):
         founders = {i for own in self.layout.founding for i in own}
         features: dict[str, torch.Tensor] = {}
         embedded: dict[int, torch.Tensor] = {}
-        for i, names in self._feature_plan():
+        for i, planned in self._feature_plan():
+            names = planned if only is None else [n for n in planned if n in only]
+            if not names:
+                continue
             member = self.members[i]
             state = member.embed(sparse, dense)
             if i in founders:
                 embedded[i] = state
-            native = f"logit.{i}" in names
-            depth = self.num_levels if native else self._stored_levels()
+            native = f"logit.{i}" in names or f"hidden.{i}" in names
+            levels = [int(n[len("level") : n.index(".")]) for n in names if n.startswith("level")]
+            depth = self.num_levels if native else max(levels) + 1
             for level in range(depth):
                 state = member.components[level](state)
                 if f"level{level}.{i}" in names:
                     features[f"level{level}.{i}"] = state
-            if native:
+            if f"logit.{i}" in names:
                 features[f"logit.{i}"] = member.tower(state)
-                if f"hidden.{i}" in names:
-                    features[f"hidden.{i}"] = state
+            if f"hidden.{i}" in names:
+                features[f"hidden.{i}"] = state
         return features, embedded
 
     def parts(
@@ -241,16 +257,12 @@ class EMMModel(nn.Module):
             features = cached or self._native_features(sparse, dense)
             base = self._ensemble(features)
             return FusedOutput(base, torch.zeros_like(base), base, [])
-        if cached:
-            features = cached
-            needs_embedding = self.stack is not None and self.stack.fresh_embedding is None
-            embedded = (
-                {i: self.members[i].embed(sparse, dense) for own in founding for i in own}
-                if needs_embedding
-                else {}
-            )
-        else:
-            features, embedded = self._frozen_features(sparse, dense)
+        missing = set(self.precompute_names()) - set(cached or {})
+        features, embedded = self._frozen_features(sparse, dense, missing)
+        features.update(cached or {})
+        if self.stack is not None and self.stack.fresh_embedding is None:
+            for i in (i for own in founding for i in own if i not in embedded):
+                embedded[i] = self.members[i].embed(sparse, dense)  # level-0 gate contexts
         rows = sparse.shape[0]
         records: list[GateRecord] = []
         if self.stack is not None:

@@ -69,7 +69,8 @@ class FuseSpec(StrictModel):
     """What to fuse and how: the `fuse:` section of a run config (e.g. `configs/census.yaml`).
 
     `members` names the pool members to fuse; `None` fuses every member logged in
-    `pool_experiment` for this data. Fusion trains on Ray Data streams by default. A
+    `pool_experiment` for this data. Fusion streams through Ray Data when the split is
+    too large for memory (`data_mode: auto`; `stream` forces it). A
     `pool_residual` model starts at its pool's ensemble, so unless `train` says otherwise
     it is validated before training and kept as it is when no epoch improves on it.
     """
@@ -81,7 +82,7 @@ class FuseSpec(StrictModel):
     fusion: FusionConfig = FusionConfig()
     train: TrainConfig = TrainConfig(epochs=10, lr=2e-3, patience=2)
     resources: WorkerResources = WorkerResources()
-    data_mode: DataMode = "stream"
+    data_mode: DataMode = "auto"
 
     @property
     def fit_config(self) -> TrainConfig:
@@ -371,8 +372,8 @@ def _train_and_log(
             storage_path=str(Path(storage_path).resolve()),
             resources=spec.resources,
             data_mode=spec.data_mode,
-            precompute_key=model.precompute_key(),
-            precompute_features=tuple(model.precompute_names()),
+            precompute_key=model.precompute_key(model.stored_names()),
+            precompute_features=tuple(model.stored_names()),
         )
         outcome = run_train_job(job)
         model.load_state_dict(outcome.state_dict, strict=True)

@@ -3,7 +3,8 @@
 A fused model's frozen pool gives every row the same outputs in every epoch (each
 member's logit, its level-0 component output: `EMMModel.precompute`). In memory the
 training loop computes them once per fit (`loop.with_precomputed`); a split that
-streams gets them here, once for all runs: Ray Data reads the split, an actor pool whose
+streams gets the narrow ones (`EMMModel.stored_names`: the members' logits, so no step
+runs a member end to end) here, once for all runs: Ray Data reads the split, an actor pool whose
 actors each build the module once (`map_batches`) adds the features as columns
 `cached.<name>`, and the result is written as parquet under
 `<prepared>/precomputed/<key>/<split>/`. `key` is the module's `precompute_key()` (the
@@ -57,18 +58,21 @@ class PrecomputedSplits:
 class FeatureActor:
     """One Ray Data actor: builds the module once, then adds its features to each batch."""
 
-    def __init__(self, module_factory: Any, data_dir: str, threads: int) -> None:
+    def __init__(
+        self, module_factory: Any, data_dir: str, features: Sequence[str], threads: int
+    ) -> None:
         torch.set_num_threads(threads)
         schema = FeatureSchema.load(data_dir)
         self.module = module_factory(schema).eval()
         self.collate = BatchCollator(schema)
+        self.features = tuple(features)
 
     def __call__(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = self.collate(columns)
-        features = self.module.precompute(batch.sparse, batch.dense)
+        computed = self.module.precompute(batch.sparse, batch.dense)
         return {
             **columns,
-            **{CACHED_PREFIX + name: tensor.numpy() for name, tensor in features.items()},
+            **{CACHED_PREFIX + name: computed[name].numpy() for name in self.features},
         }
 
 
@@ -82,11 +86,13 @@ def precompute_splits(
     actors: int = 1,
     cpus_per_actor: float = 0.5,
 ) -> PrecomputedSplits:
-    """Store `module_factory(schema).precompute` for each split of `data_dir` under `key`.
+    """Store the `features` of `module_factory(schema).precompute` for each split of
+    `data_dir` under `key` (which must name them: `EMMModel.precompute_key(features)`).
 
-    Reuses complete splits; needs a running Ray. `features` are the names the module's
-    `precompute` returns (checked on the first batch written).
+    Reuses complete splits; needs a running Ray.
     """
+    from ray.data import ActorPoolStrategy
+
     from emm_ray.data.streaming import read_split
 
     stored = PrecomputedSplits(str(Path(data_dir) / "precomputed" / key), tuple(features))
@@ -101,10 +107,15 @@ def precompute_splits(
         source = read_split(data_dir, split, with_row_id=True)
         source.map_batches(
             FeatureActor,
-            fn_constructor_args=(module_factory, data_dir, max(1, int(cpus_per_actor))),
+            fn_constructor_args=(
+                module_factory,
+                data_dir,
+                stored.features,
+                max(1, int(cpus_per_actor)),
+            ),
             batch_size=ROWS_PER_CALL,
             batch_format="numpy",
-            concurrency=(1, max(1, actors)),
+            compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
             num_cpus=cpus_per_actor,
         ).write_parquet(str(target))
         rows = _check_written(target, data_dir, split, stored.features)

@@ -42,21 +42,24 @@ def test_cached_and_uncached_forwards_give_the_same_logits_and_gradients(name: s
     batch = planted_batch(model.schema, 64, seed=0)
     cached = model.precompute(batch.sparse, batch.dense)
     assert all(not t.requires_grad for t in cached.values())
+    stored = {name: cached[name] for name in model.stored_names()}  # what streams carry
+    assert all(name.startswith("logit.") for name in stored)
     gradients = []
     outputs = []
-    for extra in ((), (cached,)):
+    for extra in ((), (cached,), (stored,)):
         model.zero_grad(set_to_none=True)
         logits = model(batch.sparse, batch.dense, *extra)
         F.binary_cross_entropy_with_logits(logits, batch.labels[:, model.task_indices]).backward()
         outputs.append(logits.detach())
         # the reference's hard-argmax gate gets no gradient either way: None on both sides
         gradients.append([p.grad for p in model.trainable_parameters()])
-    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=1e-6)
     assert any(g is not None for g in gradients[0])
-    for cached_grad, fresh_grad in zip(gradients[1], gradients[0], strict=True):
-        assert (cached_grad is None) == (fresh_grad is None)
-        if fresh_grad is not None:
-            torch.testing.assert_close(cached_grad, fresh_grad, rtol=1e-5, atol=1e-7)
+    for output, grads in zip(outputs[1:], gradients[1:], strict=True):
+        torch.testing.assert_close(output, outputs[0], rtol=0, atol=1e-6)
+        for cached_grad, fresh_grad in zip(grads, gradients[0], strict=True):
+            assert (cached_grad is None) == (fresh_grad is None)
+            if fresh_grad is not None:
+                torch.testing.assert_close(cached_grad, fresh_grad, rtol=1e-5, atol=1e-7)
 
 
 def test_the_pool_residual_model_caches_its_level0_outputs_and_member_logits() -> None:

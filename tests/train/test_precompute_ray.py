@@ -64,7 +64,8 @@ def test_stored_features_equal_the_models_own_and_are_reused_under_their_key(
 ) -> None:
     build = factory(prepared, seed=0)
     model = build(prepared.schema)
-    key, names = model.precompute_key(), tuple(model.precompute_names())
+    names = tuple(model.precompute_names())  # every feature, wide level outputs too
+    key = model.precompute_key(names)
     stored = precompute_splits(build, str(prepared.path), key, names)
     assert Path(stored.directory).parent == prepared.path / "precomputed"
     for split in ("train", "validation"):
@@ -88,7 +89,8 @@ def test_stored_features_equal_the_models_own_and_are_reused_under_their_key(
 def test_an_unfinished_split_is_recomputed(ray_cluster: None, prepared: PreparedDataset) -> None:
     build = factory(prepared, seed=2)
     model = build(prepared.schema)
-    key, names = model.precompute_key(), tuple(model.precompute_names())
+    names = tuple(model.stored_names())
+    key = model.precompute_key(names)
     crashed = prepared.path / "precomputed" / key / "validation"
     crashed.mkdir(parents=True)
     (crashed / "partial.parquet").write_bytes(b"not parquet")
@@ -115,8 +117,8 @@ def test_streamed_training_from_stored_features_starts_where_it_would_without(
             config=config,
             storage_path=str(tmp_path / "ray"),
             data_mode="stream",
-            precompute_key=model.precompute_key(),
-            precompute_features=tuple(model.precompute_names()),
+            precompute_key=model.precompute_key(model.stored_names()),
+            precompute_features=tuple(model.stored_names()),  # as the fuse stage stores
         )
         outcomes.append(run_train_job(job))
     plain, cached = outcomes
