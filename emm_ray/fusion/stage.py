@@ -1,12 +1,13 @@
-"""The `fuse` stage: load a trained pool from MLflow, fuse it on Ray Train, log the result.
+"""The `fuse` stage: load a trained pool from MLflow, fuse it on Ray, log the result.
 
 `fuse_pool` resolves the pool members trained on the prepared data (by name, or every
-member logged for this schema and data), ships their weights to a Ray Train job whose
-factory builds the EMM model inside the worker, trains only the fusion parameters on
-Ray Data-streamed batches (`data_mode: stream`), and logs one MLflow run: parameters,
-per-epoch metrics, parameter counts and the fused model artifact (with every member's
-manifest inside). `plug_members` does the same for plug-and-play: it rebuilds a logged
-fused model, adds members, and trains only the new parts.
+member logged for this schema and data), ships their weights to a Ray job whose factory
+builds the EMM model inside the worker (Ray Train, on Ray Data-streamed batches when the
+split is too large for memory or several workers are asked for; one Ray task for a
+small split, `ray_job.run_job`), trains only the fusion parameters, and logs one MLflow
+run: parameters, per-epoch metrics, parameter counts and the fused model artifact (with
+every member's manifest inside). `plug_members` does the same for plug-and-play: it
+rebuilds a logged fused model, adds members, and trains only the new parts.
 
 A run is identified by a digest of what it fuses and how (fusion and training options,
 member run ids, the base fused run) plus schema hash and data fingerprint: rerunning the
@@ -57,7 +58,7 @@ from emm_ray.tracking.store import (
 )
 from emm_ray.train.loop import TrainConfig
 from emm_ray.train.members import MEMBER_KIND, find_member, load_member
-from emm_ray.train.ray_job import DataMode, TrainJob, TrainOutcome, WorkerResources, run_train_job
+from emm_ray.train.ray_job import DataMode, TrainJob, TrainOutcome, WorkerResources, run_job
 
 logger = logging.getLogger(__name__)
 
@@ -375,7 +376,7 @@ def _train_and_log(
             precompute_key=model.precompute_key(model.stored_names()),
             precompute_features=tuple(model.stored_names()),
         )
-        outcome = run_train_job(job)
+        outcome = run_job(job)
         model.load_state_dict(outcome.state_dict, strict=True)
         verify_frozen(model, factory, schema)
         manifest = _log_outcome(client, run_id, spec, model, outcome, fingerprint)
