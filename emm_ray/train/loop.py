@@ -8,9 +8,11 @@ weights come back at the end. A module with a `calibrate(batches)` method gets o
 over the validation data before training starts (not when resuming): the fused model
 fits its pool ensemble there, on rows its frozen members were not trained on. A
 `finish_training(batches)` method gets one more pass after the best weights are restored
-(the fused model chooses, per task, between its correction and the bare ensemble). Only
-parameters with `requires_grad` are optimised, so a module with frozen components trains
-just the rest.
+(the fused model chooses, per task, between its correction and the bare ensemble). A
+`precompute(sparse, dense)` method returns per-row features that depend on the inputs
+alone (the fused model's frozen pool outputs): an in-memory split gets them once, and
+every batch hands them back as `module(sparse, dense, cached)`. Only parameters with
+`requires_grad` are optimised, so a module with frozen components trains just the rest.
 
 Speed comes from feeding whole tensors: a split that fits in memory is one `Batch`
 permuted once per epoch and sliced into views (`TensorBatches`); data too large for
