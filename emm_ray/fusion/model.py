@@ -157,10 +157,10 @@ class EMMModel(nn.Module):
     def stored_names(self) -> list[str]:
         """The features worth storing beside a streamed split: the members' logits.
 
-        Level outputs are as wide as the members' layers (DCN-v2's level 0: 1,166 floats
-        a row, the census pool's 2,606 together): streaming them through Ray Data was
-        measured slower than recomputing them, and at Ali-CCP's 42M rows they would be
-        hundreds of GB. In memory every feature is kept (`precompute`).
+        Level outputs are as wide as the members' layers (DCN-v2 carries its input through
+        the cross network): streaming them through Ray Data was measured slower than
+        recomputing them, and at Ali-CCP's size they would not fit on disk comfortably
+        (docs/ARCHITECTURE.md). In memory every feature is kept (`precompute`).
         """
         return [name for name in self.precompute_names() if name.startswith("logit.")]
 

@@ -115,9 +115,9 @@ class TrainOutcome:
 def trains_in_process(job: TrainJob) -> bool:
     """Whether `job` is small enough to skip Ray Train: one worker, a split held in memory.
 
-    Such a job is seconds to a minute of work, while a `TorchTrainer` costs about 25 s
-    of start-up here (worker group, controller, checkpoint upload); `run_job` then runs
-    it in one Ray task, a Tune trial runs it in its own process.
+    Such a job is seconds to a minute of work, less than a `TorchTrainer`'s start-up
+    (worker group, controller, checkpoint upload; measured in docs/ARCHITECTURE.md);
+    `run_job` then runs it in one Ray task, a Tune trial runs it in its own process.
     """
     return is_small_job(job.resources, job.data_dir, job.data_mode)
 
