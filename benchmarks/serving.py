@@ -1,21 +1,32 @@
-"""Serving cost: one fused deployment answering every task vs one deployment per pool member.
+"""Serving cost: the fused deployment against one deployment per pool member, a PLE
+deployment and the fused deployment's own no-op endpoint.
 
     python benchmarks/serving.py        # synthetic census, configs/pools/census_small.yaml
 
 Builds everything it serves, in one run on one machine: prepares synthetic census data,
-trains the pool (`train_pool`), fuses it (`fuse_pool`), registers the fused model and
-every member in a fresh MLflow registry, then measures two ways of answering "all tasks
-for these records" over HTTP on the same Ray Serve instance:
+trains the pool (`train_pool`), fuses it (`fuse_pool`), trains PLE (`train_baselines`),
+registers the fused model, every member and PLE in a fresh MLflow registry, deploys them
+side by side on one Ray Serve instance and loads them with one load-generator process
+(`emm_ray.serve.loadgen`, asyncio + aiohttp):
 
-- fused: one request to the fused deployment, which answers every task;
-- per-member: one request to each single-task member's deployment (concurrently), the
-  answer complete when the slowest returns.
+- `fused`: `POST /predict` of the fused deployment (2 replicas), every task in one answer;
+- `per_member`: the same records to each member's deployment (one replica each) at once,
+  answered when the slowest has answered (what serving the tasks from the single-task
+  models costs a client);
+- `ple`: `POST /predict` of a PLE deployment (2 replicas), the end-to-end baseline;
+- `noop`: `GET /healthz` of the fused deployment: proxy, routing and replica without a
+  model, the ceiling Serve itself sets on this machine.
 
-Both setups run side by side on the same cluster (fused: 2 replicas; per-member: one
-replica per member; every replica one torch thread) and are measured in interleaved
-rounds with the same records, at each client concurrency: latency per complete answer
-(p50/p99) and throughput (records answered for all tasks per second). The table goes to
-`benchmarks/results/serving.md`.
+Closed loop at each client count (`--closed`) and open loop at fixed request rates
+(`--rates`), each for `--records` records per request; p50/p95/p99 latency, answered
+requests/s, records/s, errors. Every replica runs one torch thread.
+
+A run is valid only if the machine was otherwise idle: per run, the CPU time used by
+processes outside this benchmark's own process tree (Ray, Serve and the load generator
+are all inside it) is measured from /proc; a run where it exceeds `--max-foreign-cores`
+is retried after a pause, and marked `busy` (left out of the target checks) if it stays
+so. The 1-minute load average before and after each run is recorded too; it includes the
+benchmark's own load. Writes `benchmarks/results/serving.md` and `serving.json`.
 """
 
 from __future__ import annotations
@@ -27,21 +38,22 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import numpy as np
 import pyarrow as pa
 import torch
 
+from emm_ray.baselines.stage import BaselineSpec, train_baselines
 from emm_ray.data.batch import BatchCollator
 from emm_ray.data.prepare import DatasetConfig, PreparedDataset, prepare_dataset
 from emm_ray.data.synthetic import SyntheticGenerator
 from emm_ray.fusion.stage import FuseSpec, fuse_pool, load_fused_run
 from emm_ray.runtime import init_ray
 from emm_ray.serve.app import deploy
+from emm_ray.serve.loadgen import LoadResult, closed_loop, open_loop
 from emm_ray.serve.loading import load_registered
 from emm_ray.serve.settings import parse_settings
 from emm_ray.tracking.store import tracking_client
@@ -51,145 +63,219 @@ from emm_ray.train.pool_spec import load_pool_spec
 from emm_ray.tune.registry import register_artifact
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class Measurement:
-    setup: str
-    requests_per_answer: int
-    concurrency: int
-    answers: int
-    records: int
-    latencies_ms: list[float]
-    wall_s: float
-
-    def merged(self, other: Measurement) -> Measurement:
-        """This and another round of the same setup as one measurement."""
-        return Measurement(
-            self.setup,
-            self.requests_per_answer,
-            self.concurrency,
-            self.answers + other.answers,
-            self.records,
-            self.latencies_ms + other.latencies_ms,
-            self.wall_s + other.wall_s,
-        )
-
-    @property
-    def p50(self) -> float:
-        return float(np.percentile(self.latencies_ms, 50))
-
-    @property
-    def p99(self) -> float:
-        return float(np.percentile(self.latencies_ms, 99))
-
-    @property
-    def records_per_s(self) -> float:
-        return self.answers * self.records / self.wall_s
+RESULTS = REPO / "benchmarks/results"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=20_000, help="synthetic rows to prepare")
     parser.add_argument("--pool", type=Path, default=REPO / "configs/pools/census_small.yaml")
-    parser.add_argument("--epochs", type=int, default=2, help="pool and fusion epochs")
-    parser.add_argument("--records", type=int, default=16, help="records per request")
-    parser.add_argument("--answers", type=int, default=300, help="answers per measurement")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per setup")
+    parser.add_argument("--epochs", type=int, default=2, help="pool, fusion and PLE epochs")
+    parser.add_argument("--records", type=int, nargs="+", default=[16, 256])
+    parser.add_argument("--closed", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument(
+        "--rates", type=float, nargs="+", default=[20, 40, 80], help="open-loop requests/s"
+    )
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per run")
+    parser.add_argument("--max-foreign-cores", type=float, default=0.15)
     parser.add_argument("--port", type=int, default=8431)
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/serving.md")
+    parser.add_argument("--output", type=Path, default=RESULTS / "serving.md")
     args = parser.parse_args()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="emm-serving-"))
     workdir.mkdir(parents=True, exist_ok=True)
     tracking_uri = f"sqlite:///{workdir.resolve() / 'mlruns.db'}"
-    load_before = os.getloadavg()
+    started_load = os.getloadavg()[0]
     init_ray()
-
     started = time.perf_counter()
     prepared = prepare_dataset(DatasetConfig(rows=args.rows, seed=0), workdir / "data")
     models = build_and_register(prepared, args.pool, args.epochs, workdir, tracking_uri)
-    print(f"pool + fusion + registry ready in {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"pool, fusion, PLE and registry ready in {time.perf_counter() - started:.0f} s")
 
-    raw = SyntheticGenerator("census", seed=1234).table(args.answers * args.records)
-    records = [raw.slice(i * args.records, args.records).to_pylist() for i in range(args.answers)]
+    urls = deploy_all(models, tracking_uri, args.port)
+    raw = SyntheticGenerator("census", seed=1234).table(64 * max(args.records))
     fused_model, _ = load_fused_run(tracking_client(tracking_uri), models["fused_run"])
+    check_fused_answers(urls["fused"][0], fused_model, prepared, raw.slice(0, 16).to_pylist())
+    bodies = {
+        size: [
+            json.dumps({"records": raw.slice(i * size, size).to_pylist()}).encode()
+            for i in range(64)
+        ]
+        for size in args.records
+    }
+    rows = []
+    for size in args.records:
+        for setup in ("fused", "per_member", "ple"):
+            for concurrency in args.closed:
+                rows.append(run(args, setup, "closed", size, concurrency, urls, bodies))
+            for rate in args.rates:
+                rows.append(run(args, setup, "open", size, rate, urls, bodies))
+    for concurrency in args.closed:
+        rows.append(run(args, "noop", "closed", 0, concurrency, urls, bodies))
+    for rate in args.rates:
+        rows.append(run(args, "noop", "open", 0, rate, urls, bodies))
+    from ray import serve
 
-    members = models["members"]
-    share = 1.0 / (2 + len(members))  # both setups on the cluster at once, equal shares
-    fused_url = deploy(
-        parse_settings({"model_uri": models["fused"], "tracking_uri": tracking_uri}),
-        name="bench-fused",
-        route_prefix="/fused",
-        port=args.port,
-        num_replicas=2,
-        num_cpus=share,
-        access_log=False,
-    )
-    member_urls = [
-        deploy(
-            parse_settings({"model_uri": uri, "tracking_uri": tracking_uri}),
-            name=f"bench-{name}",
+    serve.shutdown()
+    compute = model_compute_ms(models, tracking_uri, prepared, raw.slice(0, 16).to_pylist())
+    notes = {
+        "pool": f"{args.pool.name} ({', '.join(models['members'])})",
+        "started_load": round(started_load, 2),
+        "compute_ms": compute,
+    }
+    write(args, rows, notes)
+
+
+def deploy_all(models: dict[str, Any], tracking_uri: str, port: int) -> dict[str, list[str]]:
+    """Every setup on one Serve instance; URLs per setup (per_member: one per member)."""
+    share = 2 / (2 + 2 + len(models["members"]))  # scheduling only: one setup runs at a time
+
+    def up(uri: str, name: str, replicas: int) -> str:
+        settings = parse_settings(
+            {"model_uri": uri, "tracking_uri": tracking_uri, "max_records_per_request": 256}
+        )
+        return deploy(
+            settings,
+            name=name,
             route_prefix=f"/{name}",
-            port=args.port,
+            port=port,
+            num_replicas=replicas,
             num_cpus=share,
             access_log=False,
         )
-        for name, uri in members.items()
-    ]
-    check_fused_answers(fused_url, fused_model, prepared, records[0])
-    setups = {"fused": [fused_url], "per-member": member_urls}
-    results: dict[tuple[str, int], Measurement] = {}
-    for _ in range(args.rounds):  # interleaved rounds: load drift hits both setups alike
-        for concurrency in args.concurrency:
-            for setup, urls in setups.items():
-                measured = asyncio.run(measure(setup, urls, records, concurrency))
-                if (setup, concurrency) in results:
-                    measured = results[setup, concurrency].merged(measured)
-                results[setup, concurrency] = measured
-    delete_apps(["bench-fused", *(f"bench-{name}" for name in members)])
 
-    compute = model_compute_ms(models, tracking_uri, prepared, records[0])
-    report = render(list(results.values()), compute, args, members, load_before, os.getloadavg())
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(report)
-    print(report)
+    fused = up(models["fused"], "fused", 2)
+    return {
+        "fused": [fused + "/predict"],
+        "noop": [fused + "/healthz"],
+        "ple": [up(models["ple"], "ple", 2) + "/predict"],
+        "per_member": [
+            up(uri, f"member-{name}", 1) + "/predict" for name, uri in models["members"].items()
+        ],
+    }
+
+
+def run(
+    args: argparse.Namespace,
+    setup: str,
+    mode: str,
+    size: int,
+    level: float,
+    urls: dict[str, list[str]],
+    bodies: dict[int, list[bytes]],
+) -> dict[str, Any]:
+    """One measured run, retried while other processes load the machine."""
+    payloads: list[bytes | None] = [None] if setup == "noop" else list(bodies[size])
+
+    def load() -> Coroutine[Any, Any, LoadResult]:
+        if mode == "closed":
+            return closed_loop(
+                urls[setup], payloads, int(level), args.duration, records_per_request=size
+            )
+        return open_loop(urls[setup], payloads, level, args.duration, records_per_request=size)
+
+    for attempt in range(3):
+        load_before = os.getloadavg()[0]
+        result, foreign = measured(load)
+        busy = foreign > args.max_foreign_cores
+        if not busy:
+            break
+        print(f"  busy machine ({foreign:.2f} foreign cores), attempt {attempt + 1}", flush=True)
+        time.sleep(20)
+    row = {
+        "setup": setup,
+        "mode": mode,
+        "records_per_request": size,
+        "concurrency": int(level) if mode == "closed" else None,
+        **{k: v for k, v in result.summary().items() if k not in ("mode", "concurrency")},
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+        "foreign_cores": round(foreign, 3),
+        "busy": busy,
+        "error_samples": result.error_samples,
+    }
+    print(json.dumps({k: v for k, v in row.items() if k != "error_samples"}), flush=True)
+    return row
+
+
+def measured(load: Callable[[], Coroutine[Any, Any, LoadResult]]) -> tuple[LoadResult, float]:
+    """Run `load`; also return the cores used meanwhile by processes outside this tree."""
+    ours_before, busy_before = own_cpu_seconds(), machine_busy_seconds()
+    began = time.perf_counter()
+    result = asyncio.run(load())
+    wall = time.perf_counter() - began
+    ours = own_cpu_seconds() - ours_before
+    return result, max(0.0, (machine_busy_seconds() - busy_before - ours) / wall)
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and every live descendant (Ray, Serve, replicas), from
+    /proc/<pid>/stat (utime + stime)."""
+    parents, seconds = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # exited meanwhile
+            continue
+        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    tree, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(seconds.get(pid, 0.0) for pid in tree)
+
+
+def machine_busy_seconds() -> float:
+    """Non-idle CPU seconds of the whole machine since boot (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
 
 
 def build_and_register(
     prepared: PreparedDataset, pool_path: Path, epochs: int, workdir: Path, tracking_uri: str
 ) -> dict[str, Any]:
-    """Train the pool and the fused model, register both kinds; returns their model URIs."""
+    """Train the pool, the fused model and PLE; register all; returns their model URIs."""
     spec = load_pool_spec(pool_path)
     spec = spec.model_copy(update={"train": spec.train.model_copy(update={"epochs": epochs})})
     pool = train_pool(spec, prepared, storage_path=workdir / "ray", tracking_uri=tracking_uri)
     if pool.failed:
         raise SystemExit(f"pool training failed:\n{pool.table()}")
+    train = TrainConfig(epochs=epochs, patience=None)
     fused = fuse_pool(
         FuseSpec(
             members=tuple(pool.run_ids()),
             pool_experiment=spec.experiment,
-            train=TrainConfig(epochs=epochs, patience=None),
+            train=train,
             data_mode="memory",
         ),
         prepared,
         storage_path=workdir / "ray",
         tracking_uri=tracking_uri,
     )
-    client = tracking_client(tracking_uri)
-    fused_version = register_artifact(
-        client, "bench-fused", fused.run_id, "model", metrics=fused.manifest.metrics
+    (ple,) = train_baselines(
+        BaselineSpec(names=("ple",), train=train),
+        prepared,
+        storage_path=workdir / "ray",
+        tracking_uri=tracking_uri,
     )
-    members = {}
-    for name, run_id in pool.run_ids().items():
+    client = tracking_client(tracking_uri)
+    uris = {}
+    for name, run_id in [("fused", fused.run_id), ("ple", ple.run_id), *pool.run_ids().items()]:
         version = register_artifact(client, f"bench-{name}", run_id, "model")
-        members[name] = f"models:/bench-{name}/{version.version}"
+        uris[name] = f"models:/bench-{name}/{version.version}"
     return {
-        "fused": f"models:/bench-fused/{fused_version.version}",
+        "fused": uris.pop("fused"),
+        "ple": uris.pop("ple"),
         "fused_run": fused.run_id,
-        "members": members,
+        "members": uris,
     }
 
 
@@ -200,7 +286,7 @@ def check_fused_answers(
     import urllib.request
 
     request = urllib.request.Request(
-        url + "/predict",
+        url,
         data=json.dumps({"records": records}).encode(),
         headers={"Content-Type": "application/json"},
     )
@@ -221,125 +307,131 @@ def check_fused_answers(
 def model_compute_ms(
     models: dict[str, Any], tracking_uri: str, prepared: PreparedDataset, records: list[dict]
 ) -> dict[str, float]:
-    """In-process forward time per request (one thread): what HTTP adds is the rest."""
+    """In-process forward time of one request's records (one thread): HTTP is the rest."""
     schema = prepared.schema
     encoded = schema.encode(pa.Table.from_pylist(records))
     batch = BatchCollator(schema)({n: encoded.column(n).to_numpy() for n in encoded.column_names})
     sparse, dense = batch.sparse.numpy(), batch.dense.numpy()
     torch.set_num_threads(1)
     timings = {}
-    for name, uri in [("fused", models["fused"]), *models["members"].items()]:
+    for name, uri in [
+        ("fused", models["fused"]),
+        ("ple", models["ple"]),
+        *models["members"].items(),
+    ]:
         servable, _ = load_registered(uri, tracking_uri)
         for _ in range(20):
             servable.predict_proba(sparse, dense)
         began = time.perf_counter()
         for _ in range(200):
             servable.predict_proba(sparse, dense)
-        timings[name] = (time.perf_counter() - began) / 200 * 1000
+        timings[name] = round((time.perf_counter() - began) / 200 * 1000, 3)
     return timings
 
 
-async def measure(
-    setup: str, urls: list[str], records: list[list[dict]], concurrency: int
-) -> Measurement:
-    """`concurrency` clients ask for all tasks of each record batch; one answer = all URLs."""
-    bodies = [json.dumps({"records": r}).encode() for r in records]
-    latencies: list[float] = []
-    headers = {"Content-Type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=concurrency * len(urls))
-    async with aiohttp.ClientSession(connector=connector) as session:
+JSON_FIELDS = (
+    "setup", "mode", "records_per_request", "concurrency", "rate", "requests", "requests_per_s",
+    "p50_ms", "p95_ms", "p99_ms", "records_per_s", "errors", "load_before", "load_after",
+    "foreign_cores", "busy", "error_samples",
+)  # fmt: skip
 
-        async def post(url: str, body: bytes) -> None:
-            async with session.post(url + "/predict", data=body, headers=headers) as response:
-                if response.status != 200:
-                    raise RuntimeError(f"{url}: HTTP {response.status}: {await response.text()}")
-                await response.read()
 
-        async def answer(body: bytes) -> None:
-            began = time.perf_counter()
-            await asyncio.gather(*(post(url, body) for url in urls))
-            latencies.append((time.perf_counter() - began) * 1000)
+def targets(rows: list[dict[str, Any]]) -> list[str]:
+    """The issue's Serve targets, each checked against the valid (not busy) closed-loop rows."""
 
-        for body in bodies[: min(20, len(bodies))]:  # warm-up: connections, replicas, JIT paths
-            await answer(body)
-        latencies.clear()
-        queue = iter(bodies)
+    def find(setup: str, size: int, concurrency: int) -> dict[str, Any] | None:
+        return next(
+            (
+                r
+                for r in rows
+                if (r["setup"], r["mode"], r["records_per_request"], r["concurrency"])
+                == (setup, "closed", size, concurrency)
+                and not r["busy"]
+            ),
+            None,
+        )
 
-        async def client() -> None:
-            for body in queue:
-                await answer(body)
-
-        began = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        wall = time.perf_counter() - began
-    measurement = Measurement(
-        setup, len(urls), concurrency, len(bodies), len(records[0]), latencies, wall
+    lines = []
+    fused16, noop = find("fused", 16, 32), find("noop", 0, 32)
+    if fused16 and noop:
+        ratio = fused16["requests_per_s"] / noop["requests_per_s"]
+        p99 = fused16["p99_ms"] / noop["p99_ms"]
+        lines.append(
+            f"`/predict` (16 records) at 32 clients: {ratio:.2f}x the no-op's requests/s "
+            f"(target >= 0.6x), p99 {p99:.2f}x the no-op's (target <= 2x)"
+        )
+    fused256 = find("fused", 256, 8)
+    if fused256:
+        lines.append(
+            f"256-record requests at 8 clients: {fused256['records_per_s']:,.0f} "
+            "records/s (target >= 20,000)"
+        )
+    errors = sum(r["errors"] for r in rows if r["setup"] == "fused")
+    lines.append(f"errors of the fused deployment over every run: {errors} (target 0)")
+    ratios = []
+    for r in rows:
+        if r["setup"] == "fused" and r["mode"] == "closed" and not r["busy"]:
+            split = find("per_member", r["records_per_request"], r["concurrency"])
+            if split and split["records_per_s"]:
+                ratios.append(
+                    f"{r['records_per_request']} x {r['concurrency']}: "
+                    f"{r['records_per_s'] / split['records_per_s']:.2f}x"
+                )
+    lines.append(
+        "fused / per-member records/s (records x clients): "
+        + ", ".join(ratios)
+        + " (target >= 1.37x at every concurrency)"
     )
-    print(
-        f"{setup:>10} c={concurrency}: p50 {measurement.p50:.1f} ms, p99 {measurement.p99:.1f} "
-        f"ms, {measurement.records_per_s:.0f} records/s",
-        flush=True,
-    )
-    return measurement
+    return lines
 
 
-def delete_apps(names: list[str]) -> None:
-    from ray import serve
-
-    for name in names:
-        serve.delete(name)
-
-
-def render(
-    results: list[Measurement],
-    compute: dict[str, float],
-    args: argparse.Namespace,
-    members: dict[str, str],
-    load_before: tuple[float, float, float],
-    load_after: tuple[float, float, float],
-) -> str:
+def write(args: argparse.Namespace, rows: list[dict[str, Any]], notes: dict[str, Any]) -> None:
+    """`serving.md` (table, targets, model compute) and its JSON twin `serving.json`."""
+    busy = [r for r in rows if r["busy"]]
     lines = [
-        "# Serving: fused deployment vs one deployment per pool member",
+        "# Serving: fused deployment vs per-member deployments, PLE and Serve's no-op ceiling",
         "",
-        f"`python benchmarks/serving.py` — {time.strftime('%Y-%m-%d %H:%M')}, "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, CPU-only torch "
-        f"{torch.__version__}; pool `{args.pool.name}` ({len(members)} members: "
-        f"{', '.join(members)}), {args.epochs} epochs, {args.records} records per request, "
-        f"{args.answers} answers x {args.rounds} interleaved rounds per row. "
-        f"Load average before/after: "
-        f"{load_before[0]:.1f} / {load_after[0]:.1f} (the machine is shared).",
+        f"`python benchmarks/serving.py` on {platform.machine()} ({os.cpu_count()} cores), "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}; pool "
+        f"{notes['pool']}, {args.epochs} epochs, synthetic census. One load-generator "
+        f"process; {args.duration:.0f} s per run after 1 s of warm-up (closed loop); fused "
+        "and PLE 2 replicas, each member 1 replica, 1 torch thread per replica. Load "
+        f"average (1 min) when the benchmark started: {notes['started_load']}; per run in "
+        "the table (it includes the benchmark's own load). `foreign` is the CPU used "
+        "meanwhile by processes outside the benchmark (cores); runs above "
+        f"{args.max_foreign_cores} after 3 tries are marked busy: {len(busy)} of {len(rows)}.",
         "",
-        "An *answer* is every task's probability for one request's records: one HTTP request "
-        f"to the fused deployment, or {len(members)} concurrent requests (one per member "
-        "deployment). Latency is per answer; throughput counts records answered for all tasks.",
+        "`per_member` sends each request to the four member deployments at once and counts "
+        "it answered when all four have answered; `noop` is `GET /healthz` of the fused "
+        "deployment. Open-loop latency counts from each request's scheduled start.",
         "",
-        "| setup | requests per answer | clients | p50 ms | p99 ms | records/s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| setup | mode | records | clients / rate | req/s | p50 ms | p95 ms | p99 ms "
+        "| records/s | errors | load before / after | foreign |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for m in results:
+    for r in rows:
+        level = r["concurrency"] if r["mode"] == "closed" else f"{r['rate']:g}/s"
+        flag = " (busy)" if r["busy"] else ""
         lines.append(
-            f"| {m.setup} | {m.requests_per_answer} | {m.concurrency} | {m.p50:.1f} | "
-            f"{m.p99:.1f} | {m.records_per_s:.0f} |"
+            f"| {r['setup']}{flag} | {r['mode']} | {r['records_per_request']} | {level} | "
+            f"{r['requests_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+            f"{r['p99_ms']:.1f} | {r['records_per_s']:,.0f} | {r['errors']} | "
+            f"{r['load_before']} / {r['load_after']} | {r['foreign_cores']:.2f} |"
         )
-    lines += ["", "| clients | throughput fused / per-member | p50 per-member / fused |"]
-    lines += ["| ---: | ---: | ---: |"]
-    for concurrency in args.concurrency:
-        fused = next(m for m in results if m.setup == "fused" and m.concurrency == concurrency)
-        split = next(m for m in results if m.setup != "fused" and m.concurrency == concurrency)
-        lines.append(
-            f"| {concurrency} | {fused.records_per_s / split.records_per_s:.2f}x | "
-            f"{split.p50 / fused.p50:.2f}x |"
-        )
-    member_sum = sum(v for k, v in compute.items() if k != "fused")
+    lines += ["", "## Against the targets", ""] + [f"- {line}" for line in targets(rows)]
+    compute = notes["compute_ms"]
+    members = sum(v for k, v in compute.items() if k not in ("fused", "ple"))
     lines += [
         "",
-        f"Model compute alone (in-process forward of one {args.records}-record request, one "
-        f"thread): fused {compute['fused']:.2f} ms; members "
-        + ", ".join(f"{k} {v:.2f} ms" for k, v in compute.items() if k != "fused")
-        + f" (sum {member_sum:.2f} ms). The rest of each latency is HTTP, Serve routing, "
-        "validation and encoding, paid once per request.",
+        "Model compute alone (in-process forward of one 16-record request, one thread): "
+        f"fused {compute['fused']:.2f} ms, PLE {compute['ple']:.2f} ms, members "
+        + ", ".join(f"{k} {v:.2f} ms" for k, v in compute.items() if k not in ("fused", "ple"))
+        + f" (sum {members:.2f} ms).",
     ]
-    return "\n".join(lines) + "\n"
+    args.output.write_text("\n".join(lines) + "\n")
+    twin = args.output.with_suffix(".json")
+    twin.write_text(json.dumps([{k: r[k] for k in JSON_FIELDS} for r in rows], indent=1) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -198,12 +198,14 @@ class TaskFusion(nn.Module):
         context: torch.Tensor,
         mixture: torch.Tensor,
         tokens: torch.Tensor,
-        mixtures: torch.Tensor,
+        mixtures: torch.Tensor | None,
+        trace: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """`(h_t, fusion weights [B, C], selected mask [B, C], attention [B, 1 + C])`.
 
         Attention is the merge's weight on the own mixture (column 0) and on each
-        candidate (0 where not selected). Without a cross-task path: `None`s.
+        candidate (0 where not selected). Without a cross-task path, or without `trace`
+        (the report's per-candidate tensors cost ops a forward does not need): `None`s.
         """
         if self.fusion_gate is None:
             state, _ = self.merge(mixture, mixture.new_zeros(mixture.shape[0], 0, mixture.shape[1]))
@@ -212,6 +214,8 @@ class TaskFusion(nn.Module):
             context, tokens.index_select(1, self.candidate_index)
         )
         state, attention = self.merge(mixture, selected, log_weights)
+        if not trace:
+            return state, None, None, None
         dense = torch.zeros(
             mixture.shape[0], len(self.candidate_index), device=mixture.device, dtype=mixture.dtype
         )
@@ -251,18 +255,23 @@ class ReferenceTaskFusion(nn.Module):
         context: torch.Tensor,
         mixture: torch.Tensor,
         tokens: torch.Tensor,
-        mixtures: torch.Tensor,
+        mixtures: torch.Tensor | None,
+        trace: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Hard-argmax choice of one other task's mixture, then the reference merge
         (returns as `TaskFusion.fuse`, candidates being tasks)."""
         if self.fusion_scores is None:
             state, _ = self.merge(mixture.unsqueeze(1))
             return state, None, None, None
+        if mixtures is None:
+            raise ValueError("the reference fusion chooses among the tasks' mixtures: pass them")
         probabilities = torch.softmax(self.fusion_scores(context), dim=-1)
         choice = probabilities.argmax(dim=-1)
         candidates = mixtures.index_select(1, self.candidate_index)
         chosen = candidates[torch.arange(len(choice), device=choice.device), choice]
         state, attention = self.merge(torch.stack([mixture, chosen], dim=1))
+        if not trace:
+            return state, None, None, None
         selected = F.one_hot(choice, len(self.candidate_index)).bool()
         attended = torch.cat([attention[:, :1], selected * attention[:, 1:]], dim=1)
         return state, probabilities, selected, attended

@@ -142,11 +142,15 @@ class AKFStack(nn.Module):
             mixed = [f.mix(contexts[t], token_stack) for t, f in enumerate(self.fusion[level])]
             if level and self.config.component_input == "none":  # the fused state goes on here
                 mixed = [(mixture + fused[t], w) for t, (mixture, w) in enumerate(mixed)]
-            mixtures = torch.stack([mixture for mixture, _ in mixed], dim=1)
+            mixtures = (  # the reference chooses among other tasks' mixtures
+                torch.stack([mixture for mixture, _ in mixed], dim=1)
+                if self.config.variant == "reference"
+                else None
+            )
             fused = []
             for task, module in enumerate(self.fusion[level]):
                 state, weights, selected, attention = module.fuse(
-                    contexts[task], mixed[task][0], token_stack, mixtures
+                    contexts[task], mixed[task][0], token_stack, mixtures, trace
                 )
                 fused.append(state)
                 if trace:

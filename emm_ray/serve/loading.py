@@ -3,7 +3,8 @@
 The registered version's source is a model artifact directory (`emm_ray.tracking.artifacts`:
 weights, manifest, schema). It is downloaded, verified (checksum, schema hash,
 `weights_only` load) and rebuilt into a module by its manifest's `architecture`: a zoo
-architecture is a single-task pool member, `emm` is a fused model.
+architecture is a single-task pool member, `emm` is a fused model, a baseline's name
+(`ple`, `mmoe`, ...) an end-to-end multi-task model, served for comparison.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from emm_ray.baselines import BASELINES, build_baseline
 from emm_ray.errors import ArtifactIntegrityError, ConfigError
 from emm_ray.fusion.artifact import FUSED_ARCHITECTURE, build_fused_model
 from emm_ray.models.registry import ARCHITECTURES, build_model
@@ -67,10 +69,14 @@ def servable_from_artifact(artifact: ModuleArtifact) -> Servable:
         )
     elif manifest.architecture == FUSED_ARCHITECTURE:
         module = build_fused_model(manifest, artifact.schema)
+    elif manifest.architecture in BASELINES:
+        module = build_baseline(
+            manifest.architecture, artifact.schema, manifest.tasks, **manifest.hparams
+        )
     else:
         raise ArtifactIntegrityError(
             f"{artifact.path}: cannot serve architecture {manifest.architecture!r} "
-            f"(servable: {FUSED_ARCHITECTURE}, {', '.join(sorted(ARCHITECTURES))})"
+            f"(servable: {FUSED_ARCHITECTURE}, {', '.join(sorted(ARCHITECTURES | BASELINES))})"
         )
     try:
         module.load_state_dict(artifact.state_dict, strict=True)

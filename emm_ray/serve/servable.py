@@ -2,7 +2,8 @@
 
 Any registered artifact that can be rebuilt into `module(sparse, dense) -> logits`
 (`[B]` for one task, `[B, T]` for several) is servable: the fused EMM model answers
-every task at once, a single-task pool member answers its one task.
+every task at once, a single-task pool member answers its one task, an end-to-end
+baseline (PLE, MMoE, ...) answers the tasks it was trained for.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
+from emm_ray.baselines import build_baseline
+from emm_ray.baselines.stage import BASELINE_KIND
 from emm_ray.data.schema import DenseField, FeatureSchema, SparseField, Task
 from emm_ray.fusion import EMMModel, FusionConfig
 from emm_ray.fusion import PoolMember as FusionMember
@@ -104,6 +106,27 @@ def register_tiny_models(directory: Path) -> tuple[RegisteredModel, RegisteredMo
         RegisteredModel(
             "emm-tiny-income", member_version, tracking_uri, SCHEMA, income.model, ("income",)
         ),
+    )
+
+
+def register_tiny_baseline(directory: Path, name: str = "ple") -> RegisteredModel:
+    """A seeded end-to-end baseline (`name`, every task of the schema), registered."""
+    tracking_uri = f"sqlite:///{directory / 'mlruns.db'}"
+    torch.manual_seed(0)
+    model = build_baseline(name, SCHEMA, embed_dim=4).eval()
+    manifest = ArtifactManifest(
+        kind=BASELINE_KIND,
+        name=f"{name}-tiny",
+        architecture=name,
+        tasks=tuple(model.task_names),
+        hparams=model.hparams,
+        schema_hash=SCHEMA.hash,
+        parameter_checksum=parameter_checksum(model.state_dict()),
+    )
+    save_module_artifact(directory / name, model.state_dict(), manifest, SCHEMA)
+    version = _register(tracking_client(tracking_uri), directory / name, f"{name}-tiny")
+    return RegisteredModel(
+        f"{name}-tiny", version, tracking_uri, SCHEMA, model, tuple(model.task_names)
     )
 
 

@@ -312,3 +312,33 @@ def test_deploy_serves_a_single_task_pool_member(service: Service) -> None:
         np.testing.assert_allclose(served, _expected(member, rows), atol=1e-6, rtol=0)
     finally:
         serve.delete("emm-member")
+
+
+def test_load_generator_measures_a_real_deployment(service: Service) -> None:
+    """Closed and open loop against the live service: every request answered and counted."""
+    import asyncio
+
+    from emm_ray.serve.loadgen import closed_loop, open_loop
+
+    body = json.dumps({"records": raw_rows(service.model.schema, count=4, seed=3)}).encode()
+    closed = asyncio.run(
+        closed_loop(service.url + "/predict", [body], 4, 1.5, records_per_request=4, warmup_s=0.5)
+    )
+    row = closed.summary()
+    assert row["errors"] == 0 and row["requests"] == len(closed.latencies_ms) > 4
+    assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+    assert row["records_per_s"] == pytest.approx(row["requests_per_s"] * 4, rel=0.01)
+    opened = asyncio.run(open_loop(service.url + "/healthz", [None], rate=20, duration_s=1.5))
+    assert opened.errors == 0
+    assert 15 <= len(opened.latencies_ms) <= 50  # ~30 arrivals of a seeded Poisson process
+
+
+def test_load_generator_counts_refusals_as_errors(service: Service) -> None:
+    import asyncio
+
+    from emm_ray.serve.loadgen import closed_loop
+
+    bad = json.dumps({"records": [{"age": "not a number"}]}).encode()
+    result = asyncio.run(closed_loop(service.url + "/predict", [bad], 2, 0.5, warmup_s=0))
+    assert result.latencies_ms == [] and result.errors > 0
+    assert result.error_samples[0].startswith("HTTP 422")
