@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from emm_ray.serve.records import (
     EncodedRecords,
     ModelDescription,
-    encode_records,
+    RecordEncoder,
     request_model,
     response_model,
     unknown_categories,
@@ -57,6 +57,7 @@ def build_api(
 ) -> FastAPI:
     """A FastAPI app scoring raw records with `forward` (the replica's batched model call)."""
     schema = servable.schema
+    encode_records = RecordEncoder(schema)
     predict_request = request_model(schema, settings.max_records_per_request)
     predict_response = response_model(servable.tasks)
     app = FastAPI(
@@ -84,7 +85,7 @@ def build_api(
     async def predict(body: predict_request) -> dict[str, Any]:  # type: ignore[valid-type]
         """Probability of every task for every record, in request order."""
         records = body.records
-        encoded = encode_records(schema, records)
+        encoded = encode_records(records)
         unknown = unknown_categories(schema, records, encoded)
         if unknown and settings.unknown_category == "reject":
             raise RequestValidationError(
