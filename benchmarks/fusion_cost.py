@@ -20,7 +20,15 @@ RSS: data, model, optimiser, precomputed features). Per model: wall and CPU seco
 load average before and after. Ratios fusion / PLE come from the same run. Writes
 `benchmarks/results/fusion_cost.md` and its JSON twin `fusion_cost.json`.
 
+With `--dataset ali_ccp` the same comparison runs on synthetic Ali-CCP (`--rows`, 5M by
+default) streamed as the stages stream a large dataset: each model trains through
+`run_train_job` on Ray Data shards in a child process that starts its own local Ray, the
+fused models after storing their pool's logits beside the shards (a Ray Data actor
+pool); CPU and peak memory are then those of the child's process tree, Ray included.
+Writes `fusion_cost_ali_ccp_stream.md` and `.json`.
+
     python benchmarks/fusion_cost.py
+    python benchmarks/fusion_cost.py --dataset ali_ccp --rows 5000000
 """
 
 from __future__ import annotations
@@ -43,7 +51,6 @@ from fusion_benchmark import MEMBER_HPARAMS, POOLS  # the same pool, run as a sc
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = Path(tempfile.gettempdir()) / "emm-bench"
-MEMBERS = POOLS["census"]
 FUSED = {"emm": "residual", "emm-frozen-pool": "none"}
 
 
@@ -127,9 +134,95 @@ def train_in_child(job: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def train_streamed_in_child(job: dict[str, Any]) -> dict[str, Any]:
+    """Runs in a fresh process that starts its own local Ray: one model trained as the
+    stages train a streamed dataset (`run_train_job`, Ray Data shards; a fused model first
+    stores its pool's logits beside the shards with a Ray Data actor pool). CPU and peak
+    memory are those of the process tree (this process, Ray's processes, its workers)."""
+    from process_tree import PeakTreeMemory, tree_cpu_seconds
+
+    from emm_ray.baselines.stage import BaselineFactory
+    from emm_ray.config import load_yaml_config
+    from emm_ray.data.schema import FeatureSchema
+    from emm_ray.fusion import FusionConfig
+    from emm_ray.fusion.stage import FusedModelFactory, FuseSpec, MemberWeights
+    from emm_ray.runtime import init_ray
+    from emm_ray.train.loop import TrainConfig
+    from emm_ray.train.members import ZooModelFactory
+    from emm_ray.train.ray_job import TrainJob, WorkerResources, run_train_job
+
+    init_ray()
+    schema = FeatureSchema.load(job["data"])
+    config = TrainConfig.model_validate(job["train"])
+    precompute: dict[str, Any] = {}
+    if job["kind"] == "member":
+        factory: Any = ZooModelFactory(job["architecture"], job["task"], job["hparams"])
+        tasks = (job["task"],)
+    elif job["kind"] == "ple":
+        factory = BaselineFactory("ple", tuple(schema.task_names), {})
+        tasks = tuple(schema.task_names)
+    else:
+        members = tuple(
+            MemberWeights(
+                name,
+                architecture,
+                task,
+                MEMBER_HPARAMS[architecture],
+                torch.load(Path(job["pool_dir"]) / f"{name}.pt", weights_only=True),
+                {},
+            )
+            for name, architecture, task in job["pool"]
+        )
+        fusion = load_yaml_config(REPO / "configs/fusion/emm.yaml", FusionConfig).model_copy(
+            update={"component_input": job["component_input"]}
+        )
+        config = FuseSpec(fusion=fusion, train=config).fit_config
+        factory = FusedModelFactory(members, fusion)
+        model = factory(schema)
+        tasks = tuple(model.task_names)
+        precompute = {
+            "precompute_key": model.precompute_key(model.stored_names()),
+            "precompute_features": tuple(model.stored_names()),
+        }
+    module = factory(schema)
+    train_job = TrainJob(
+        name=job["name"],
+        module_factory=factory,
+        data_dir=job["data"],
+        tasks=tasks,
+        config=config,
+        storage_path=tempfile.mkdtemp(prefix="fusion-cost-ray-"),
+        resources=WorkerResources(cpu=1.0),
+        data_mode="stream",
+        **precompute,
+    )
+    load_before = os.getloadavg()[0]
+    with PeakTreeMemory() as memory:
+        wall, cpu = time.perf_counter(), tree_cpu_seconds()
+        outcome = run_train_job(train_job)
+        wall, cpu = time.perf_counter() - wall, tree_cpu_seconds() - cpu
+    if job["kind"] == "member":
+        torch.save(outcome.state_dict, Path(job["pool_dir"]) / f"{job['name']}.pt")
+    return asdict(
+        Measured(
+            model=job["name"],
+            epochs=len(outcome.history),
+            best_epoch=outcome.best_epoch,
+            wall_s=wall,
+            cpu_s=cpu,
+            peak_mib=memory.peak_mib,
+            load_before=load_before,
+            load_after=os.getloadavg()[0],
+            trainable_params=sum(p.numel() for p in module.parameters() if p.requires_grad),
+            val_auc=outcome.best_score,
+        )
+    )
+
+
 def run(job: dict[str, Any]) -> Measured:
+    child = train_streamed_in_child if job["mode"] == "stream" else train_in_child
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as executor:
-        return Measured(**executor.submit(train_in_child, job).result())
+        return Measured(**executor.submit(child, job).result())
 
 
 def main() -> None:
@@ -140,15 +233,41 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lr", type=float, default=2e-3, help="lr of the pool and of PLE")
     parser.add_argument("--fusion-lr", type=float, default=3e-4, help="lr of the correction")
-    parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/fusion_cost.md")
+    parser.add_argument(
+        "--dataset",
+        choices=["census", "ali_ccp"],
+        default="census",
+        help="census: the real file, in memory; ali_ccp: synthetic (--rows), streamed",
+    )
+    parser.add_argument("--rows", type=int, default=5_000_000, help="synthetic ali_ccp rows")
+    parser.add_argument("--fused", nargs="+", choices=list(FUSED), default=list(FUSED))
+    parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
 
     from emm_ray.data.prepare import DatasetConfig, prepare_dataset
 
-    prepared = prepare_dataset(DatasetConfig(name="census", source="real"), WORK / "census-real")
+    if args.dataset == "census":
+        mode = "memory"
+        prepared = prepare_dataset(
+            DatasetConfig(name="census", source="real"), WORK / "census-real"
+        )
+        args.output = args.output or REPO / "benchmarks/results/fusion_cost.md"
+    else:
+        mode = "stream"
+        prepared = prepare_dataset(
+            DatasetConfig(name="ali_ccp", rows=args.rows, seed=0),
+            WORK / f"ali_ccp-synthetic-{args.rows}",
+        )
+        args.output = args.output or REPO / "benchmarks/results/fusion_cost_ali_ccp_stream.md"
+    args.mode = mode
     schema = prepared.schema
     pool_dir = Path(tempfile.mkdtemp(prefix="fusion-cost-pool-"))
-    common = {"data": str(prepared.path), "threads": args.threads, "pool_dir": str(pool_dir)}
+    common = {
+        "data": str(prepared.path),
+        "threads": args.threads,
+        "pool_dir": str(pool_dir),
+        "mode": mode,
+    }
     train = {
         "epochs": args.epochs,
         "batch_size": 2048,
@@ -156,7 +275,8 @@ def main() -> None:
         "patience": args.patience,
         "num_threads": args.threads,
     }
-    pool = [(f"{a}_{schema.task_names[p]}", a, schema.task_names[p]) for a, p in MEMBERS]
+    members = POOLS[args.dataset]
+    pool = [(f"{a}_{schema.task_names[p]}", a, schema.task_names[p]) for a, p in members]
     measured: list[Measured] = []
     for name, architecture, task in pool:
         measured.append(
@@ -173,7 +293,8 @@ def main() -> None:
             )
         )
     fusion_train = {**train, "epochs": args.fusion_epochs, "lr": args.fusion_lr}
-    for name, component_input in FUSED.items():
+    for name in args.fused:
+        component_input = FUSED[name]
         job = {**common, "kind": "fused", "name": name, "pool": pool, "train": fusion_train}
         measured.append(run({**job, "component_input": component_input}))
     measured.append(run({**common, "kind": "ple", "name": "ple", "train": train}))
@@ -216,19 +337,36 @@ def rows_of(measured: list[Measured], pool_size: int) -> list[dict[str, Any]]:
 def write(args: argparse.Namespace, measured: list[Measured], pool_size: int, rows: int) -> None:
     by_name = {m.model: m for m in measured}
     ple = by_name["ple"]
+    if args.mode == "memory":
+        title = "real census"
+        setting = (
+            f"census train split ({rows:,} rows) in memory, every model in its own child "
+            f"process one after the other, {args.threads} torch thread(s)"
+        )
+        memory = "peak memory is the child process's peak RSS (data, model, optimiser, features)"
+    else:
+        title = f"synthetic Ali-CCP, {args.rows:,} rows, streamed"
+        setting = (
+            f"SYNTHETIC Ali-CCP train split ({rows:,} rows) streamed by Ray Data as the stages "
+            "stream it (`run_train_job`, one Ray Train worker of 1 CPU; the fused model first "
+            "stores its pool's logits beside the shards with a Ray Data actor pool), every "
+            "model in its own child process that starts its own local Ray"
+        )
+        memory = (
+            "CPU seconds and peak memory are those of the child's whole process tree (Ray's "
+            "GCS, raylet, workers: ~1 GB of it is Ray itself), RSS summed over processes"
+        )
     lines = [
-        "# Fusion cost vs PLE, to convergence (real census)",
+        f"# Fusion cost vs PLE, to convergence ({title})",
         "",
         f"One run on {platform.machine()} ({os.cpu_count()} cores), "
-        f"{time.strftime('%Y-%m-%d')}: census train split ({rows:,} rows), every model in "
-        f"its own child process one after the other, {args.threads} torch thread(s), batch "
-        f"2048, early stopping on mean validation AUC with patience {args.patience}, caps "
-        f"{args.epochs} (pool, PLE; Adam lr {args.lr}) and {args.fusion_epochs} (fused; lr "
-        f"{args.fusion_lr}, scored before training as the fuse stage does). Wall and CPU "
-        "seconds are those of `fit` (precomputing the frozen pool's features included); "
-        "peak memory is the child process's peak RSS (data, model, optimiser, features). "
-        "Load average (1 min) before and after each model: a load near 2 means another "
-        "job shared the 2 cores.",
+        f"{time.strftime('%Y-%m-%d')}: {setting}, batch 2048, early stopping on mean "
+        f"validation AUC with patience {args.patience}, caps {args.epochs} (pool, PLE; Adam "
+        f"lr {args.lr}) and {args.fusion_epochs} (fused; lr {args.fusion_lr}, scored before "
+        "training as the fuse stage does). Wall and CPU seconds are those of training "
+        f"(precomputing the frozen pool's features included); {memory}. Load average (1 "
+        "min) before and after each model: a load near 2 means another job shared the 2 "
+        "cores.",
         "",
         "| model | epochs (best) | trainable params | wall s | CPU s | wall s / epoch | "
         "CPU s / epoch | peak MiB | val AUC | load before / after |",
@@ -247,7 +385,7 @@ def write(args: argparse.Namespace, measured: list[Measured], pool_size: int, ro
         "CPU / epoch | peak memory |",
         "|---|---|---|---|---|---|",
     ]
-    for name in FUSED:
+    for name in args.fused:
         m = by_name[name]
         lines.append(
             f"| {name} / ple | {m.wall_s / ple.wall_s:.2f} | {m.cpu_s / ple.cpu_s:.2f} | "

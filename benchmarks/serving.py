@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+from process_tree import machine_busy_seconds, tree_cpu_seconds  # run as a script
 
 from emm_ray.baselines.stage import BaselineSpec, train_baselines
 from emm_ray.data.batch import BatchCollator
@@ -64,7 +65,6 @@ from emm_ray.tune.registry import register_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks/results"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -211,41 +211,12 @@ def run(
 
 def measured(load: Callable[[], Coroutine[Any, Any, LoadResult]]) -> tuple[LoadResult, float]:
     """Run `load`; also return the cores used meanwhile by processes outside this tree."""
-    ours_before, busy_before = own_cpu_seconds(), machine_busy_seconds()
+    ours_before, busy_before = tree_cpu_seconds(), machine_busy_seconds()
     began = time.perf_counter()
     result = asyncio.run(load())
     wall = time.perf_counter() - began
-    ours = own_cpu_seconds() - ours_before
+    ours = tree_cpu_seconds() - ours_before
     return result, max(0.0, (machine_busy_seconds() - busy_before - ours) / wall)
-
-
-def own_cpu_seconds() -> float:
-    """CPU seconds of this process and every live descendant (Ray, Serve, replicas), from
-    /proc/<pid>/stat (utime + stime)."""
-    parents, seconds = {}, {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # exited meanwhile
-            continue
-        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
-        pid = int(stat.parent.name)
-        parents[pid] = int(fields[1])
-        seconds[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    tree, frontier = {os.getpid()}, [os.getpid()]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
-        tree.update(children)
-        frontier += children
-    return sum(seconds.get(pid, 0.0) for pid in tree)
-
-
-def machine_busy_seconds() -> float:
-    """Non-idle CPU seconds of the whole machine since boot (/proc/stat)."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
 
 
 def build_and_register(

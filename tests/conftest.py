@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,18 @@ def ray_cluster() -> Iterator[None]:
     )
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def reliability_log(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """Record a test's fault and load figures (one JSON line, with the test's name) in the
+    file `EMM_RELIABILITY_LOG` names; `benchmarks/reliability.py` sets it and turns the
+    lines into benchmarks/results/reliability.md and .json. Without it: nothing is written."""
+    path = os.environ.get("EMM_RELIABILITY_LOG")
+
+    def record(**figures: object) -> None:
+        if path:
+            with open(path, "a") as log:
+                log.write(json.dumps({"test": request.node.nodeid, **figures}) + "\n")
+
+    return record

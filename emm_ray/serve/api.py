@@ -11,7 +11,7 @@ endpoint's parameter annotation at run time, and here it is a class built locall
 """
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from emm_ray.data.schema import FeatureSchema
 from emm_ray.serve.records import (
     EncodedRecords,
     ModelDescription,
@@ -33,6 +34,7 @@ from emm_ray.serve.settings import ServeSettings
 
 Forward = Callable[[EncodedRecords], Awaitable[np.ndarray]]
 MAX_REPORTED_ERRORS = 50
+EXTREME_STD = 1e3  # a scaled number this many std from the training mean is named as suspect
 
 
 class Problem(BaseModel):
@@ -98,7 +100,13 @@ def build_api(
                     for u in unknown
                 ]
             )
+        overflow = _out_of_range(schema, records, encoded.dense)
+        if overflow:
+            raise RequestValidationError(overflow)
         probabilities = await forward(encoded)
+        failed = _not_finite(schema, records, encoded.dense, probabilities)
+        if failed:
+            raise RequestValidationError(failed)
         return {
             "predictions": [
                 dict(zip(servable.tasks, row, strict=True)) for row in probabilities.tolist()
@@ -108,6 +116,54 @@ def build_api(
         }
 
     return app
+
+
+def _out_of_range(
+    schema: FeatureSchema, records: Sequence[BaseModel], dense: np.ndarray
+) -> list[dict[str, Any]]:
+    """A number so large that, scaled, it leaves float32 (the model's arithmetic)."""
+    rows, columns = np.nonzero(~np.isfinite(dense))
+    return [
+        {
+            "type": "value_out_of_range",
+            "loc": ("body", "records", int(row), schema.dense[col].name),
+            "msg": f"{getattr(records[row], f'd{col}')!r} is beyond the range the model "
+            "computes in (float32) once scaled",
+        }
+        for row, col in zip(rows, columns, strict=True)
+    ]
+
+
+def _not_finite(
+    schema: FeatureSchema,
+    records: Sequence[BaseModel],
+    dense: np.ndarray,
+    probabilities: np.ndarray,
+) -> list[dict[str, Any]]:
+    """Records whose prediction is not a number, naming their most extreme numbers: values
+    far outside the training data can overflow inside the model, and a NaN must never be
+    answered as a probability (nor break the JSON response)."""
+    problems = []
+    for row in np.flatnonzero(~np.isfinite(probabilities).all(axis=1)):
+        extreme = [
+            f"{field.name}={getattr(records[row], f'd{col}')!r} "
+            f"({dense[row, col]:.3g} std from the training mean)"
+            for col, field in enumerate(schema.dense)
+            if abs(dense[row, col]) > EXTREME_STD
+        ]
+        problems.append(
+            {
+                "type": "prediction_not_finite",
+                "loc": ("body", "records", int(row)),
+                "msg": "the model's output for this record is not a number"
+                + (
+                    f"; values far outside the training data: {', '.join(extreme)}"
+                    if extreme
+                    else ""
+                ),
+            }
+        )
+    return problems
 
 
 async def _refuse(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -48,6 +48,7 @@ class LoadResult:
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    in_flight: int = 0  # requests sent and not yet answered, while the run goes
 
     def record_error(self, message: str) -> None:
         self.errors += 1
@@ -84,7 +85,11 @@ async def _send(
     """One request: the same body to every URL at once, answered when all have answered
     (how a client that needs one model per task sees a split deployment). Its latency
     from `began` on success, one error otherwise."""
-    outcomes = await asyncio.gather(*(_fetch(session, url, body) for url in urls))
+    result.in_flight += 1
+    try:
+        outcomes = await asyncio.gather(*(_fetch(session, url, body) for url in urls))
+    finally:
+        result.in_flight -= 1
     failures = [outcome for outcome in outcomes if outcome]
     if failures:
         result.record_error(failures[0])
@@ -126,14 +131,16 @@ async def closed_loop(
     records_per_request: int = 0,
     warmup_s: float = 1.0,
     timeout_s: float = 30.0,
+    result: LoadResult | None = None,
 ) -> LoadResult:
     """`concurrency` clients back to back for `duration_s` (after `warmup_s` unmeasured).
 
     `bodies` are sent in turn (`None`: a GET); requests started before the deadline are
     waited for and counted. Several URLs: each request goes to all of them (`_send`).
+    Pass `result` to watch the run while it goes (its `in_flight`, its errors so far).
     """
     urls = [url] if isinstance(url, str) else list(url)
-    result = LoadResult("closed", concurrency, None, records_per_request)
+    result = result or LoadResult("closed", concurrency, None, records_per_request)
     async with _session(concurrency * len(urls), timeout_s) as session:
         warmup = LoadResult("closed", concurrency, None, records_per_request)
         await _clients(session, urls, bodies, concurrency, warmup_s, warmup)

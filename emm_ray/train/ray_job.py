@@ -68,7 +68,12 @@ class WorkerResources(StrictModel):
 
 @dataclass(frozen=True)
 class TrainJob:
-    """Everything a Ray Train run needs; picklable, so it can travel to a worker."""
+    """Everything a Ray Train run needs; picklable, so it can travel to a worker.
+
+    `max_failures`: how often a run whose worker process died is restarted: on Ray Train
+    from its last checkpoint (the same run, `run_train_job`), as a Ray task from scratch
+    (`run_job`). An error raised by the training code itself is never retried.
+    """
 
     name: str
     module_factory: ModuleFactory
@@ -78,7 +83,7 @@ class TrainJob:
     storage_path: str
     resources: WorkerResources = WorkerResources()
     data_mode: DataMode = "auto"
-    max_failures: int = 0
+    max_failures: int = 2
     precompute_key: str | None = None
     precompute_features: tuple[str, ...] = ()
 
@@ -207,7 +212,14 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
 
     `callbacks` go to Train's `RunConfig`, e.g. Tune's `TuneReportCallback` inside a trial.
     """
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        DataConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+        TrainingFailedError,
+    )
     from ray.train.torch import TorchTrainer
 
     resources, note = fit_resources(job.name, job.resources, cluster_gpus())
@@ -224,26 +236,41 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
     resources_per_worker = {"CPU": resources.cpu}
     if resources.gpu > 0:
         resources_per_worker["GPU"] = resources.gpu
-    trainer = TorchTrainer(
-        _train_worker,
-        train_loop_config={"job": job, "mode": mode, "cached": cached},
-        scaling_config=ScalingConfig(
-            num_workers=resources.num_workers,
-            use_gpu=resources.gpu > 0,
-            resources_per_worker=resources_per_worker,
-        ),
-        run_config=RunConfig(
-            name=f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
-            storage_path=job.storage_path,
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            failure_config=FailureConfig(max_failures=job.max_failures),
-            callbacks=list(callbacks),
-        ),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+    run_config = RunConfig(
+        name=f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
+        storage_path=job.storage_path,
+        checkpoint_config=CheckpointConfig(num_to_keep=1),
+        failure_config=FailureConfig(max_failures=0),  # restarts are decided below
+        callbacks=list(callbacks),
     )
     started = time.perf_counter()
-    result = trainer.fit()
+    for attempt in range(job.max_failures + 1):
+        trainer = TorchTrainer(
+            _train_worker,
+            train_loop_config={"job": job, "mode": mode, "cached": cached},
+            scaling_config=ScalingConfig(
+                num_workers=resources.num_workers,
+                use_gpu=resources.gpu > 0,
+                resources_per_worker=resources_per_worker,
+            ),
+            run_config=run_config,
+            datasets=datasets,
+            dataset_config=DataConfig(datasets_to_split=["train"]),
+        )
+        try:
+            result = trainer.fit()
+            break
+        except TrainingFailedError as error:
+            if attempt == job.max_failures or not worker_died(error):
+                raise
+            logger.warning(
+                "%s: a training worker died (%s); restarting from the last checkpoint "
+                "(restart %d of %d)",
+                job.name,
+                error,
+                attempt + 1,
+                job.max_failures,
+            )
     wall = time.perf_counter() - started
     returned: dict[str, Any] = result.return_value
     return TrainOutcome(
@@ -261,6 +288,25 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
         notes=[note] if note else [],
         initial_metrics=returned["initial_metrics"],
     )
+
+
+def worker_died(error: Exception) -> bool:
+    """Whether a failed Train run lost a worker process (killed, out of memory, node lost)
+    rather than raising in the training code: only then is a restart worth it, since an
+    error of the code or the data would just happen again."""
+    failures = getattr(error, "worker_failures", None) or {}
+    return bool(failures) and all(_lost_process(f) for f in failures.values())
+
+
+def _lost_process(failure: BaseException) -> bool:
+    """A dead worker actor, as Ray reports it or wrapped in Train's failed health check
+    (which keeps the actor's error as `health_check_failure`)."""
+    from ray.exceptions import RayActorError, WorkerCrashedError
+
+    if isinstance(failure, RayActorError | WorkerCrashedError):
+        return True
+    inner = getattr(failure, "health_check_failure", None)
+    return isinstance(inner, BaseException) and _lost_process(inner)
 
 
 def _precomputed_datasets(job: TrainJob) -> tuple[dict[str, Any], tuple[str, ...]]:

@@ -28,8 +28,10 @@ import pyarrow as pa
 import pytest
 import torch
 import yaml
+from hypothesis import strategies as st
 
 from emm_ray.data.batch import BatchCollator
+from emm_ray.data.schema import FeatureSchema
 from emm_ray.runtime import RAY_ENV
 from tests.serve.models import RegisteredModel, raw_rows, register_tiny_models
 
@@ -262,6 +264,11 @@ def _bad_requests(model: RegisteredModel) -> list[tuple[str, bytes, str]]:
             body(lambda r: r[0].update({dense: 1e308})).replace(b"1e+308", b"1e999"),
             f"records[0].{dense}",
         ),
+        (
+            "beyond float32 once scaled",
+            body(lambda r: r[1].update({dense: 1e300})),
+            f"records[1].{dense}: 1e+300 is beyond the range",
+        ),
         ("record not an object", json.dumps({"records": [1]}).encode(), "records[0]"),
         (
             "empty batch",
@@ -342,3 +349,203 @@ def test_load_generator_counts_refusals_as_errors(service: Service) -> None:
     result = asyncio.run(closed_loop(service.url + "/predict", [bad], 2, 0.5, warmup_s=0))
     assert result.latencies_ms == [] and result.errors > 0
     assert result.error_samples[0].startswith("HTTP 422")
+
+
+def _replica_pids(app: str = "") -> set[int]:
+    """Live Serve replica processes (of `app`), by the process title Ray gives actors."""
+    prefix = f"ray::ServeReplica:{app}"
+    pids = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            title = cmdline.read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:  # exited meanwhile
+            continue
+        if title.startswith(prefix):
+            pids.add(int(cmdline.parent.name))
+    return pids
+
+
+def _hostile_request(schema: FeatureSchema) -> st.SearchStrategy[tuple[bytes, str]]:
+    """(body, content type): records with any field wrong, missing or extra, any JSON,
+    raw bytes that are not JSON or not UTF-8, deep nesting, huge values."""
+    anything = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=12,
+    )
+    value = st.one_of(
+        anything,
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(min_value=-(10**400), max_value=10**400),
+        st.integers(10_000, 100_000).map(lambda n: "\u00e9x" * n),
+    )
+    fields = [f.name for f in (*schema.sparse, *schema.dense)]
+    valid = raw_rows(schema, count=1, seed=11)[0]
+    record = st.builds(
+        lambda changed, dropped, extra: (
+            {k: changed.get(k, v) for k, v in valid.items() if k not in dropped} | extra
+        ),
+        st.dictionaries(st.sampled_from(fields), value, max_size=len(fields)),
+        st.sets(st.sampled_from(fields), max_size=2),
+        st.dictionaries(st.text(max_size=12), anything, max_size=2),
+    )
+    as_json = st.one_of(
+        st.lists(record, min_size=0, max_size=MAX_RECORDS + 2).map(lambda r: {"records": r}),
+        anything,
+    ).map(lambda obj: json.dumps(obj, allow_nan=True).encode())
+    raw = st.one_of(
+        st.binary(max_size=200),
+        st.integers(1, 50_000).map(lambda depth: b'{"records": ' + b"[" * depth),
+        st.just(b'{"records": [{"age": 1e999999}]}'),
+    )
+    content_type = st.sampled_from(
+        [
+            "application/json",
+            "application/json",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "",
+        ]
+    )
+    return st.tuples(st.one_of(as_json, as_json, raw), content_type)
+
+
+def test_hostile_requests_never_get_a_5xx(service: Service, reliability_log: Any) -> None:
+    """300 generated requests of every malformed kind (the reliability job sends 10,000)."""
+    _hostile_campaign(service, 300, reliability_log)
+
+
+@pytest.mark.reliability
+@pytest.mark.timeout(1800)
+def test_ten_thousand_hostile_requests_never_get_a_5xx(
+    service: Service, reliability_log: Any
+) -> None:
+    _hostile_campaign(service, 10_000, reliability_log)
+
+
+def _hostile_campaign(service: Service, count: int, reliability_log: Any) -> None:
+    """Each generated request gets a 2xx with probabilities or a 4xx that says what is
+    wrong, never a 5xx; no replica restarts; the service still answers afterwards."""
+    from hypothesis import HealthCheck, given, settings
+
+    replicas = _replica_pids()
+    statuses: dict[int, int] = {}
+    failures: list[str] = []
+
+    @settings(
+        max_examples=count, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(_hostile_request(service.model.schema))
+    def send(request: tuple[bytes, str]) -> None:
+        payload, content_type = request
+        status, body = _send_raw(service.url + "/predict", payload, content_type)
+        statuses[status] = statuses.get(status, 0) + 1
+        if status >= 500 or (400 <= status < 500 and not body):
+            failures.append(f"{status} for {payload[:200]!r} ({content_type}): {body!r:.300}")
+        elif status == 200:
+            probabilities = [v for p in json.loads(body)["predictions"] for v in p.values()]
+            if not all(0.0 <= v <= 1.0 for v in probabilities):
+                failures.append(f"non-probability answered for {payload[:200]!r}")
+
+    send()
+    restarted = len(replicas - _replica_pids())
+    reliability_log(
+        check="hostile requests",
+        requests_generated=sum(statuses.values()),
+        responses_5xx=sum(n for code, n in statuses.items() if code >= 500),
+        status_counts={str(code): n for code, n in sorted(statuses.items())},
+        replica_restarts=restarted,
+    )
+    assert sum(statuses.values()) >= count
+    assert not failures, f"{len(failures)} bad answers, e.g.:\n" + "\n".join(failures[:5])
+    assert not restarted, "a replica restarted under hostile input"
+    status, _ = _post(service.url + "/predict", {"records": raw_rows(service.model.schema, 2)})
+    assert status == 200
+
+
+def _send_raw(url: str, payload: bytes, content_type: str) -> tuple[int, bytes]:
+    headers = {"Content-Type": content_type} if content_type else {}
+    request = urllib.request.Request(url, data=payload, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_load_at_rising_concurrency_fails_no_request(
+    service: Service, reliability_log: Any
+) -> None:
+    """Closed loop at 1, 4, 16 and 64 clients (past saturation of one replica on 2 cores):
+    every request answered, throughput recorded."""
+    import asyncio
+
+    from emm_ray.serve.loadgen import closed_loop
+
+    body = json.dumps({"records": raw_rows(service.model.schema, count=8, seed=5)}).encode()
+    rows = []
+    for clients in (1, 4, 16, 64):
+        load = closed_loop(service.url + "/predict", [body], clients, 3.0, records_per_request=8)
+        rows.append(asyncio.run(load).summary())
+    reliability_log(check="rising load", levels=rows)
+    assert [r["errors"] for r in rows] == [0, 0, 0, 0], rows
+    assert all(r["requests"] > 0 for r in rows)
+
+
+def test_a_replica_killed_under_load_loses_only_requests_in_flight(
+    service: Service, reliability_log: Any
+) -> None:
+    """SIGKILL a replica's process while 4 clients load it: failures are at most the
+    requests in flight at that moment, Serve replaces the replica, answers stay right."""
+    import asyncio
+
+    from ray import serve
+
+    from emm_ray.serve.app import deploy
+    from emm_ray.serve.loadgen import LoadResult, closed_loop
+    from emm_ray.serve.settings import parse_settings
+
+    model = service.model
+    settings = parse_settings({"model_uri": model.uri, "tracking_uri": model.tracking_uri})
+    url = deploy(settings, name="emm-kill", route_prefix="/kill", port=_free_port(), num_cpus=0.25)
+    try:
+        (victim,) = _replica_pids("emm-kill:")
+        rows = raw_rows(model.schema, count=4, seed=21)
+        body = json.dumps({"records": rows}).encode()
+        result = LoadResult("closed", 4, None, 4)
+        in_flight_at_kill: list[int] = []
+
+        async def kill_under_load() -> None:
+            load = asyncio.ensure_future(
+                closed_loop(url + "/predict", [body], 4, 12.0, warmup_s=0.5, result=result)
+            )
+            await asyncio.sleep(3.0)
+            in_flight_at_kill.append(result.in_flight)
+            os.kill(victim, signal.SIGKILL)
+            await load
+
+        asyncio.run(kill_under_load())
+        deadline = time.monotonic() + 60
+        while not (_replica_pids("emm-kill:") - {victim}) and time.monotonic() < deadline:
+            time.sleep(1)
+        replaced = bool(_replica_pids("emm-kill:") - {victim})
+        reliability_log(
+            check="replica killed under load",
+            faults_injected=1,
+            faults_survived=int(replaced and result.errors <= in_flight_at_kill[0]),
+            in_flight_at_kill=in_flight_at_kill[0],
+            failed_requests=result.errors,
+            answered_requests=len(result.latencies_ms),
+            replica_restarts=1,
+        )
+        assert result.errors <= in_flight_at_kill[0] <= 4, result.error_samples
+        assert len(result.latencies_ms) > 10, "the deployment answered too little to judge"
+        assert replaced, "the killed replica was not replaced"
+        status, answer = _post(url + "/predict", {"records": rows})
+        assert status == 200, answer
+        served = np.array([[p[t] for t in model.tasks] for p in answer["predictions"]])
+        np.testing.assert_allclose(served, _expected(model, rows), atol=1e-6, rtol=0)
+    finally:
+        serve.delete("emm-kill")

@@ -1,0 +1,85 @@
+"""CPU time and memory of a process and its descendants, from /proc (Linux).
+
+Ray starts its GCS, raylet, workers and Serve replicas as descendants of the process
+that called `ray.init()`, so a benchmark that starts its own Ray sees all of its work
+here, and everything else on the machine is "foreign".
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def _stats() -> dict[int, list[str]]:
+    """`/proc/<pid>/stat` fields after the command name, per live process."""
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # exited meanwhile
+            continue
+        stats[int(stat.parent.name)] = text[text.rindex(")") + 2 :].split()
+    return stats
+
+
+def _tree(root: int, stats: dict[int, list[str]]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    tree, frontier = {root}, [root]
+    while frontier:
+        for child in children.get(frontier.pop(), []):
+            if child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return tree
+
+
+def tree_cpu_seconds(root: int | None = None) -> float:
+    """User + system CPU seconds of `root` (default: this process) and its live descendants."""
+    stats = _stats()
+    tree = _tree(root or os.getpid(), stats)
+    return sum((int(stats[p][11]) + int(stats[p][12])) / CLOCK_TICKS for p in tree if p in stats)
+
+
+def tree_rss_mib(root: int | None = None) -> float:
+    """Resident memory of `root` and its live descendants (MiB; shared pages counted in
+    each process, so an upper bound)."""
+    stats = _stats()
+    tree = _tree(root or os.getpid(), stats)
+    return sum(int(stats[p][21]) * PAGE_BYTES for p in tree if p in stats) / 2**20
+
+
+def machine_busy_seconds() -> float:
+    """Non-idle CPU seconds of the whole machine since boot (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+class PeakTreeMemory:
+    """Samples `tree_rss_mib` every `interval_s` in a thread; `peak_mib` after `stop()`."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self.peak_mib = 0.0
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakTreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stopped.is_set():
+            self.peak_mib = max(self.peak_mib, tree_rss_mib())
+            self._stopped.wait(self.interval_s)
