@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_TESTS = ["tests/serve/test_http.py"]
+DEFAULT_TESTS = ["tests/serve/test_http.py", "tests/train/test_faults.py"]
 TOTALS = (
     "faults_injected",
     "faults_survived",

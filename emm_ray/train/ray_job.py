@@ -103,6 +103,7 @@ class TrainOutcome:
     run_path: str
     notes: list[str] = field(default_factory=list)
     initial_metrics: dict[str, float] | None = None
+    resumed_after_epoch: int = 0  # > 0: a worker died and the run went on from that epoch
 
     @property
     def best_score(self) -> float:
@@ -244,10 +245,16 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
         callbacks=list(callbacks),
     )
     started = time.perf_counter()
+    resume_from = None
     for attempt in range(job.max_failures + 1):
         trainer = TorchTrainer(
             _train_worker,
-            train_loop_config={"job": job, "mode": mode, "cached": cached},
+            train_loop_config={
+                "job": job,
+                "mode": mode,
+                "cached": cached,
+                "resume_from": resume_from,
+            },
             scaling_config=ScalingConfig(
                 num_workers=resources.num_workers,
                 use_gpu=resources.gpu > 0,
@@ -263,6 +270,9 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
         except TrainingFailedError as error:
             if attempt == job.max_failures or not worker_died(error):
                 raise
+            resume_from = (
+                _latest_checkpoint(Path(job.storage_path) / run_config.name) or resume_from
+            )
             logger.warning(
                 "%s: a training worker died (%s); restarting from the last checkpoint "
                 "(restart %d of %d)",
@@ -287,7 +297,18 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
         run_path=result.path,
         notes=[note] if note else [],
         initial_metrics=returned["initial_metrics"],
+        resumed_after_epoch=returned["resumed_after_epoch"],
     )
+
+
+def _latest_checkpoint(run_dir: Path) -> str | None:
+    """The newest checkpoint directory a Train run wrote (`None` if it wrote none yet).
+
+    A restarted run is handed it through its loop config: Train v2 neither restores a
+    failed run built anew under the same name nor takes `resume_from_checkpoint`.
+    """
+    written = sorted(run_dir.glob("checkpoint_*"), key=lambda path: path.stat().st_mtime)
+    return str(written[-1]) if written else None
 
 
 def worker_died(error: Exception) -> bool:
@@ -373,6 +394,8 @@ def _train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
     resume = None
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop_config.get("resume_from"):
+        checkpoint = ray.train.Checkpoint.from_directory(loop_config["resume_from"])
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             resume = torch.load(
@@ -410,6 +433,7 @@ def _train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         "initial_metrics": result.initial_metrics,
         "stopped_early": result.stopped_early,
         "device": str(device),
+        "resumed_after_epoch": int(resume["fit"]["epoch"]) if resume else 0,
     }
 
 

@@ -58,8 +58,15 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(
     assert job.max_failures >= 1
     left_alone = run_train_job(replace(job, storage_path=str(tmp_path / "left-alone")))
 
-    finished: dict[str, TrainOutcome] = {}
-    run = threading.Thread(target=lambda: finished.update(outcome=run_train_job(job)))
+    finished: dict[str, TrainOutcome | BaseException] = {}
+
+    def train() -> None:
+        try:
+            finished["outcome"] = run_train_job(job)
+        except BaseException as error:  # reported below, not lost in the thread
+            finished["error"] = error
+
+    run = threading.Thread(target=train)
     run.start()
     deadline = time.monotonic() + 300
     while not list((tmp_path / "killed").glob("*/checkpoint_*")):
@@ -69,16 +76,21 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(
     (worker,) = _train_worker_pids()
     os.kill(worker, signal.SIGKILL)
     run.join(timeout=900)
+    assert "error" not in finished, f"the run did not survive the kill: {finished['error']!r}"
     outcome = finished["outcome"]
-    resumed_ok = len(outcome.history) == 4
+    assert isinstance(outcome, TrainOutcome)
+    resumed_ok = len(outcome.history) == 4 and outcome.resumed_after_epoch >= 1
     reliability_log(
         check="train worker killed mid-epoch",
         faults_injected=1,
         faults_survived=int(resumed_ok and abs(outcome.best_score - left_alone.best_score) < 0.01),
         epochs=len(outcome.history),
+        resumed_after_epoch=outcome.resumed_after_epoch,
         val_auc_left_alone=round(left_alone.best_score, 4),
         val_auc_after_kill=round(outcome.best_score, 4),
     )
     assert worker not in _train_worker_pids()
+    assert left_alone.resumed_after_epoch == 0
+    assert outcome.resumed_after_epoch >= 1, "the restarted run began from scratch"
     assert resumed_ok, [h.get("epoch") for h in outcome.history]
     assert outcome.best_score == pytest.approx(left_alone.best_score, abs=0.01)
