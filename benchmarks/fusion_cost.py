@@ -27,6 +27,10 @@ fused models after storing their pool's logits beside the shards (a Ray Data act
 pool); CPU and peak memory are then those of the child's process tree, Ray included.
 Writes `fusion_cost_ali_ccp_stream.md` and `.json`.
 
+Each finished model is appended to `<tmp>/emm-bench/fusion-cost-<data>/measured.jsonl`
+(pool weights beside it) and skipped when the command is run again, so a run longer
+than a session resumes; `--fresh` measures everything again.
+
     python benchmarks/fusion_cost.py
     python benchmarks/fusion_cost.py --dataset ali_ccp --rows 5000000
 """
@@ -242,6 +246,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=5_000_000, help="synthetic ali_ccp rows")
     parser.add_argument("--fused", nargs="+", choices=list(FUSED), default=list(FUSED))
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument(
+        "--fresh", action="store_true", help="measure every model again (else resume the run)"
+    )
     args = parser.parse_args()
 
     from emm_ray.data.prepare import DatasetConfig, prepare_dataset
@@ -261,7 +268,27 @@ def main() -> None:
         args.output = args.output or REPO / "benchmarks/results/fusion_cost_ali_ccp_stream.md"
     args.mode = mode
     schema = prepared.schema
-    pool_dir = Path(tempfile.mkdtemp(prefix="fusion-cost-pool-"))
+    pool_dir = WORK / f"fusion-cost-{prepared.path.name}"
+    pool_dir.mkdir(parents=True, exist_ok=True)
+    finished = pool_dir / "measured.jsonl"
+    if args.fresh:
+        finished.unlink(missing_ok=True)
+    done = {
+        row["model"]: Measured(**row)
+        for row in map(json.loads, finished.read_text().splitlines() if finished.exists() else [])
+    }
+
+    def measure(job: dict[str, Any]) -> Measured:
+        """A model measured earlier in this run is read back (its weights, if a pool
+        member, are still in `pool_dir`); others are trained and appended."""
+        if job["name"] in done:
+            print(f"{job['name']}: measured before, kept", flush=True)
+            return done[job["name"]]
+        measured = run(job)
+        with finished.open("a") as log:
+            log.write(json.dumps(asdict(measured)) + "\n")
+        return measured
+
     common = {
         "data": str(prepared.path),
         "threads": args.threads,
@@ -280,7 +307,7 @@ def main() -> None:
     measured: list[Measured] = []
     for name, architecture, task in pool:
         measured.append(
-            run(
+            measure(
                 {
                     **common,
                     "kind": "member",
@@ -296,8 +323,8 @@ def main() -> None:
     for name in args.fused:
         component_input = FUSED[name]
         job = {**common, "kind": "fused", "name": name, "pool": pool, "train": fusion_train}
-        measured.append(run({**job, "component_input": component_input}))
-    measured.append(run({**common, "kind": "ple", "name": "ple", "train": train}))
+        measured.append(measure({**job, "component_input": component_input}))
+    measured.append(measure({**common, "kind": "ple", "name": "ple", "train": train}))
     write(args, measured, len(pool), prepared.num_rows("train"))
 
 
@@ -366,7 +393,7 @@ def write(args: argparse.Namespace, measured: list[Measured], pool_size: int, ro
         "training as the fuse stage does). Wall and CPU seconds are those of training "
         f"(precomputing the frozen pool's features included); {memory}. Load average (1 "
         "min) before and after each model: a load near 2 means another job shared the 2 "
-        "cores.",
+        "cores (a run resumed in a later session measured its models at different times).",
         "",
         "| model | epochs (best) | trainable params | wall s | CPU s | wall s / epoch | "
         "CPU s / epoch | peak MiB | val AUC | load before / after |",
