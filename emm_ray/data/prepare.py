@@ -36,6 +36,7 @@ from emm_ray.config import StrictModel
 from emm_ray.data.adapters import Adapter, data_dir, get_adapter
 from emm_ray.data.layout import DatasetLayout
 from emm_ray.data.schema import (
+    SCHEMA_FILE,
     FeatureSchema,
     dense_field_from_moments,
     sparse_field_from_counts,
@@ -138,7 +139,16 @@ class PreparedDataset:
         if not (path / SPLIT_FILE).is_file():
             raise DataError(f"not a prepared dataset (no {SPLIT_FILE}); run prepare first", path)
         info = json.loads((path / SPLIT_FILE).read_text())
-        return cls(path, FeatureSchema.load(path), info)
+        schema = FeatureSchema.load(path)
+        recorded = info.get("schema_hash")
+        if recorded and recorded != schema.hash:
+            raise DataError(
+                f"the schema was changed after the data was prepared (hash {schema.hash}, "
+                f"but {SPLIT_FILE} records {recorded}): the shards are encoded with the other "
+                "schema; prepare the data again",
+                path / SCHEMA_FILE,
+            )
+        return cls(path, schema, info)
 
     def split_dir(self, split: str) -> Path:
         if split not in SPLITS:

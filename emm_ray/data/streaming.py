@@ -12,11 +12,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from emm_ray.data.batch import Batch, BatchCollator
 from emm_ray.data.prepare import ROW_ID, PreparedDataset
 from emm_ray.data.schema import FeatureSchema
+from emm_ray.errors import DataError
 
 if TYPE_CHECKING:
     import ray.data
@@ -91,7 +93,18 @@ def iter_batches(
 def load_split(prepared_dir: str | Path, split: str) -> Batch:
     """The whole split as one `Batch`, read with pyarrow (no Ray needed)."""
     prepared = PreparedDataset.load(prepared_dir)
-    table = pq.read_table(prepared.split_dir(split), columns=split_columns(prepared.schema))
+    wanted = split_columns(prepared.schema)
+    shards = []
+    for shard in sorted(prepared.split_dir(split).glob("*.parquet")):
+        try:
+            shards.append(pq.read_table(shard, columns=wanted))
+        except (OSError, pa.ArrowException) as exc:  # truncated, corrupted, not parquet
+            raise DataError(
+                f"cannot read this parquet shard ({exc}); prepare the data again", shard
+            ) from None
+    if not shards:
+        raise DataError(f"no parquet shards in the {split} split", prepared.split_dir(split))
+    table = pa.concat_tables(shards)
     columns = {name: table.column(name).to_numpy() for name in table.column_names}
     return BatchCollator(prepared.schema)(columns)
 

@@ -17,7 +17,10 @@ from emm_ray.config import StrictModel
 from emm_ray.errors import ConfigError
 from emm_ray.tracking.store import resolve_tracking_uri
 
-MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
+# A registered name: no path separator, and not a relative path of its own ("." / "..").
+MODEL_URI = re.compile(
+    r"^models:/(?P<name>(?!\.\.?(?:[/@]|$))[^/\\@]+)(/(?P<version>\d+)|@(?P<alias>[\w-]+))$"
+)
 
 
 class ServeSettings(StrictModel):

@@ -1,0 +1,53 @@
+"""Prepared data damaged after `prepare` is refused, naming the file (issue 12, item 4)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from emm_ray.data.prepare import DatasetConfig, PreparedDataset, prepare_dataset
+from emm_ray.data.streaming import load_split
+from emm_ray.errors import DataError
+
+
+@pytest.fixture
+def prepared(tmp_path: Path) -> PreparedDataset:
+    return prepare_dataset(DatasetConfig(rows=3000, seed=1), tmp_path / "prepared")
+
+
+def _first_shard(prepared: PreparedDataset, split: str) -> Path:
+    return sorted(prepared.split_dir(split).glob("*.parquet"))[0]
+
+
+def test_a_corrupted_shard_is_named(prepared: PreparedDataset) -> None:
+    shard = _first_shard(prepared, "train")
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=f"file {shard}.*prepare the data again"):
+        load_split(prepared.path, "train")
+
+
+def test_a_truncated_shard_is_named(prepared: PreparedDataset) -> None:
+    shard = _first_shard(prepared, "validation")
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(DataError, match=f"file {shard}"):
+        load_split(prepared.path, "validation")
+
+
+def test_a_split_without_shards_is_named(prepared: PreparedDataset) -> None:
+    for shard in prepared.split_dir("test").glob("*.parquet"):
+        shard.unlink()
+    with pytest.raises(DataError, match="no parquet shards in the test split"):
+        load_split(prepared.path, "test")
+
+
+def test_a_schema_edited_after_prepare_is_refused(prepared: PreparedDataset) -> None:
+    path = prepared.path / "schema.json"
+    schema = json.loads(path.read_text())
+    schema["dense"][0]["mean"] += 1.0  # the shards were scaled with the old mean
+    path.write_text(json.dumps(schema))
+    with pytest.raises(DataError, match=f"file {path}.*changed after the data was prepared"):
+        PreparedDataset.load(prepared.path)
