@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pyarrow.parquet as pq
+from process_tree import tree_pss  # run as a script
 
 import emm_ray
 from emm_ray.data.batch import BatchCollator
@@ -80,32 +81,6 @@ class MemorySampler:
             self.samples.append((time.perf_counter() - start, self.progress, pss, processes))
             if self._stop.wait(self.interval_s):
                 break
-
-
-def tree_pss(root: int | None = None) -> tuple[int, int]:
-    """PSS (KiB) of `root` (default: this process) and all its descendants, and their count."""
-    root = os.getpid() if root is None else root
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry))
-    total, count, stack = 0, 0, [root]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
-        try:
-            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:
-            continue
-        total += next(int(x.split()[1]) for x in rollup.splitlines() if x.startswith("Pss:"))
-        count += 1
-    return total, count
 
 
 def timed(fn: Callable[[MemorySampler], T]) -> tuple[T, float, MemorySampler]:

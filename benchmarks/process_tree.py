@@ -12,7 +12,6 @@ import threading
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 def _stats() -> dict[int, list[str]]:
@@ -41,18 +40,28 @@ def _tree(root: int, stats: dict[int, list[str]]) -> set[int]:
 
 
 def tree_cpu_seconds(root: int | None = None) -> float:
-    """User + system CPU seconds of `root` (default: this process) and its live descendants."""
+    """CPU seconds of `root` (default: this process) and its descendants: user + system
+    time of the live ones, plus what exited children left in their parents' counters
+    (a Ray worker that finished is reaped by the raylet and counted there)."""
     stats = _stats()
     tree = _tree(root or os.getpid(), stats)
-    return sum((int(stats[p][11]) + int(stats[p][12])) / CLOCK_TICKS for p in tree if p in stats)
+    return sum(sum(int(v) for v in stats[p][11:15]) / CLOCK_TICKS for p in tree if p in stats)
 
 
-def tree_rss_mib(root: int | None = None) -> float:
-    """Resident memory of `root` and its live descendants (MiB; shared pages counted in
-    each process, so an upper bound)."""
-    stats = _stats()
-    tree = _tree(root or os.getpid(), stats)
-    return sum(int(stats[p][21]) * PAGE_BYTES for p in tree if p in stats) / 2**20
+def tree_pss(root: int | None = None) -> tuple[int, int]:
+    """PSS (KiB) of `root` (default: this process) and its live descendants, and how many
+    they are. PSS splits shared pages (Ray's object store) among the processes mapping
+    them, so the sum is the tree's real footprint."""
+    tree = _tree(root or os.getpid(), _stats())
+    total = count = 0
+    for pid in tree:
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        total += next(int(x.split()[1]) for x in rollup.splitlines() if x.startswith("Pss:"))
+        count += 1
+    return total, count
 
 
 def machine_busy_seconds() -> float:
@@ -63,7 +72,7 @@ def machine_busy_seconds() -> float:
 
 
 class PeakTreeMemory:
-    """Samples `tree_rss_mib` every `interval_s` in a thread; `peak_mib` after `stop()`."""
+    """Samples `tree_pss` every `interval_s` in a thread; `peak_mib` once it is left."""
 
     def __init__(self, interval_s: float = 0.5) -> None:
         self.interval_s = interval_s
@@ -81,5 +90,5 @@ class PeakTreeMemory:
 
     def _sample(self) -> None:
         while not self._stopped.is_set():
-            self.peak_mib = max(self.peak_mib, tree_rss_mib())
+            self.peak_mib = max(self.peak_mib, tree_pss()[0] / 1024)
             self._stopped.wait(self.interval_s)

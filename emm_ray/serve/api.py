@@ -10,6 +10,7 @@ This module must not use `from __future__ import annotations`: FastAPI reads the
 endpoint's parameter annotation at run time, and here it is a class built locally.
 """
 
+import json
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from emm_ray.data.schema import FeatureSchema
@@ -60,6 +61,7 @@ def build_api(
     """A FastAPI app scoring raw records with `forward` (the replica's batched model call)."""
     schema = servable.schema
     encode_records = RecordEncoder(schema)
+    model_json = description.model_dump(mode="json")
     predict_request = request_model(schema, settings.max_records_per_request)
     predict_response = response_model(servable.tasks)
     app = FastAPI(
@@ -84,7 +86,7 @@ def build_api(
         response_model=predict_response,
         responses={422: {"model": ErrorResponse, "description": "a record or field is invalid"}},
     )
-    async def predict(body: predict_request) -> dict[str, Any]:  # type: ignore[valid-type]
+    async def predict(body: predict_request) -> Response:  # type: ignore[valid-type]
         """Probability of every task for every record, in request order."""
         records = body.records
         encoded = encode_records(records)
@@ -107,13 +109,16 @@ def build_api(
         failed = _not_finite(schema, records, encoded.dense, probabilities)
         if failed:
             raise RequestValidationError(failed)
-        return {
+        answer = {
             "predictions": [
                 dict(zip(servable.tasks, row, strict=True)) for row in probabilities.tolist()
             ],
-            "model": description,
-            "warnings": unknown,
+            "model": model_json,
+            "warnings": [u.model_dump() for u in unknown],
         }
+        # Built here, finite (`_not_finite`) and in the documented shape: returning the
+        # bytes skips FastAPI re-validating every prediction against `response_model`.
+        return Response(json.dumps(answer).encode(), media_type="application/json")
 
     return app
 

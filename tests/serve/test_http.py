@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from emm_ray.data.batch import BatchCollator
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.runtime import RAY_ENV
+from tests.ray_processes import processes_titled
 from tests.serve.models import RegisteredModel, raw_rows, register_tiny_models
 
 REPO = Path(__file__).resolve().parents[2]
@@ -352,17 +353,8 @@ def test_load_generator_counts_refusals_as_errors(service: Service) -> None:
 
 
 def _replica_pids(app: str = "") -> set[int]:
-    """Live Serve replica processes (of `app`), by the process title Ray gives actors."""
-    prefix = f"ray::ServeReplica:{app}"
-    pids = set()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            title = cmdline.read_bytes().split(b"\0")[0].decode(errors="replace")
-        except OSError:  # exited meanwhile
-            continue
-        if title.startswith(prefix):
-            pids.add(int(cmdline.parent.name))
-    return pids
+    """Live Serve replica processes (of `app`)."""
+    return processes_titled(f"ray::ServeReplica:{app}")
 
 
 def _hostile_request(schema: FeatureSchema) -> st.SearchStrategy[tuple[bytes, str]]:

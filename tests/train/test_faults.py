@@ -20,21 +20,9 @@ from emm_ray.data.prepare import DatasetConfig, prepare_dataset
 from emm_ray.train.loop import TrainConfig
 from emm_ray.train.members import ZooModelFactory
 from emm_ray.train.ray_job import TrainJob, TrainOutcome, WorkerResources, run_train_job
+from tests.ray_processes import processes_titled
 
 pytestmark = [pytest.mark.ray, pytest.mark.reliability]
-
-
-def _train_worker_pids() -> set[int]:
-    """Live Ray Train worker processes, by the process title Ray gives actors."""
-    pids = set()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            title = cmdline.read_bytes().split(b"\0")[0].decode(errors="replace")
-        except OSError:
-            continue
-        if title.startswith("ray::RayTrainWorker"):
-            pids.add(int(cmdline.parent.name))
-    return pids
 
 
 @pytest.mark.timeout(1200)
@@ -73,7 +61,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(
         assert time.monotonic() < deadline, "no checkpoint after 300 s"
         time.sleep(0.1)
     time.sleep(0.3)  # into epoch 2
-    (worker,) = _train_worker_pids()
+    (worker,) = processes_titled("ray::RayTrainWorker")
     os.kill(worker, signal.SIGKILL)
     run.join(timeout=900)
     assert "error" not in finished, f"the run did not survive the kill: {finished['error']!r}"
@@ -89,8 +77,84 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(
         val_auc_left_alone=round(left_alone.best_score, 4),
         val_auc_after_kill=round(outcome.best_score, 4),
     )
-    assert worker not in _train_worker_pids()
+    assert worker not in processes_titled("ray::RayTrainWorker")
     assert left_alone.resumed_after_epoch == 0
     assert outcome.resumed_after_epoch >= 1, "the restarted run began from scratch"
     assert resumed_ok, [h.get("epoch") for h in outcome.history]
     assert outcome.best_score == pytest.approx(left_alone.best_score, abs=0.01)
+
+
+@pytest.mark.timeout(1200)
+def test_a_killed_member_trainer_fails_alone_and_the_rerun_trains_only_it(
+    ray_cluster: None, tmp_path: Path, reliability_log: Any
+) -> None:
+    """SIGKILL one member's whole trainer (its Train controller) while three train at
+    once: the other two finish and are logged, the killed one is reported failed, and
+    running the pool again trains only that one."""
+    from emm_ray.train.pool import PoolReport, train_pool
+    from emm_ray.train.pool_spec import PoolSpec
+
+    prepared = prepare_dataset(DatasetConfig(rows=60_000, seed=4), tmp_path / "data")
+    small = {"embed_dim": 8, "hidden": [32, 16]}
+    spec = PoolSpec.model_validate(
+        {
+            "name": "fault_pool",
+            "experiment": "fault-pool",
+            "train": {"epochs": 4, "batch_size": 512, "patience": None, "num_threads": 1},
+            "resources": {"cpu": 0.5},
+            "members": [
+                {"name": "mlp_income", "architecture": "mlp", "task": "income", "hparams": small},
+                {
+                    "name": "deepfm_married",
+                    "architecture": "deepfm",
+                    "task": "never_married",
+                    "hparams": small,
+                },
+                {
+                    "name": "wide_income",
+                    "architecture": "wide_deep",
+                    "task": "income",
+                    "hparams": small,
+                },
+            ],
+        }
+    )
+    tracking_uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    reports: dict[str, PoolReport | BaseException] = {}
+
+    def train() -> None:
+        try:
+            reports["first"] = train_pool(
+                spec, prepared, storage_path=tmp_path / "ray", tracking_uri=tracking_uri
+            )
+        except BaseException as error:
+            reports["error"] = error
+
+    run = threading.Thread(target=train)
+    run.start()
+    deadline = time.monotonic() + 300
+    checkpoints = tmp_path / "ray"
+    while len(processes_titled("ray::TrainController")) < 3 or not list(
+        checkpoints.glob("*/checkpoint_*")
+    ):
+        assert time.monotonic() < deadline, "the three trainers did not start"
+        time.sleep(0.2)
+    victim = sorted(processes_titled("ray::TrainController"))[0]
+    os.kill(victim, signal.SIGKILL)
+    run.join(timeout=900)
+    assert "error" not in reports, f"the pool did not survive the kill: {reports['error']!r}"
+    first = reports["first"]
+    assert isinstance(first, PoolReport)
+    failed = [m.name for m in first.members if m.status == "failed"]
+    trained = [m.name for m in first.members if m.status == "trained"]
+    rerun = train_pool(spec, prepared, storage_path=tmp_path / "ray", tracking_uri=tracking_uri)
+    statuses = {m.name: m.status for m in rerun.members}
+    reliability_log(
+        check="member trainer killed",
+        faults_injected=1,
+        faults_survived=int(len(failed) == 1 and statuses[failed[0]] == "trained"),
+        failed_members=failed,
+        rerun=statuses,
+    )
+    assert len(failed) == 1 and len(trained) == 2, {m.name: m.status for m in first.members}
+    assert statuses == {**dict.fromkeys(trained, "skipped"), failed[0]: "trained"}
