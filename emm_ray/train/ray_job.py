@@ -219,7 +219,6 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
         FailureConfig,
         RunConfig,
         ScalingConfig,
-        TrainingFailedError,
     )
     from ray.train.torch import TorchTrainer
 
@@ -267,14 +266,14 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
         try:
             result = trainer.fit()
             break
-        except TrainingFailedError as error:
-            if attempt == job.max_failures or not worker_died(error):
+        except Exception as error:
+            if attempt == job.max_failures or not lost_a_process(error):
                 raise
             resume_from = (
                 _latest_checkpoint(Path(job.storage_path) / run_config.name) or resume_from
             )
             logger.warning(
-                "%s: a training worker died (%s); restarting from the last checkpoint "
+                "%s: a training process died (%s); restarting from the last checkpoint "
                 "(restart %d of %d)",
                 job.name,
                 error,
@@ -311,12 +310,15 @@ def _latest_checkpoint(run_dir: Path) -> str | None:
     return str(written[-1]) if written else None
 
 
-def worker_died(error: Exception) -> bool:
-    """Whether a failed Train run lost a worker process (killed, out of memory, node lost)
-    rather than raising in the training code: only then is a restart worth it, since an
-    error of the code or the data would just happen again."""
-    failures = getattr(error, "worker_failures", None) or {}
-    return bool(failures) and all(_lost_process(f) for f in failures.values())
+def lost_a_process(error: BaseException) -> bool:
+    """Whether a Train run failed because a process died (a worker or the run's
+    controller: killed, out of memory, node lost) rather than because the training code
+    raised: only then is a restart worth it, since an error of the code or the data
+    would just happen again."""
+    failures = getattr(error, "worker_failures", None)
+    if failures:
+        return all(_lost_process(f) for f in failures.values())
+    return _lost_process(error)
 
 
 def _lost_process(failure: BaseException) -> bool:
