@@ -148,7 +148,8 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
         f"cores), {time.strftime('%Y-%m-%d %H:%M')}: `{args.model_uri}` from "
         f"`{args.registry}`, 2 replicas of 1 torch thread, closed loop for "
         f"{args.duration:.0f} s per row. CPU per answered request from /proc, by process "
-        "kind ('everything else' includes any other job on the machine).",
+        "kind ('everything else': Ray's GCS, raylet and Serve controller, and any other "
+        "job on the machine).",
         "",
         "| endpoint | records | clients | req/s | errors | "
         + " | ".join(f"{k} ms/req (cores)" for k in kinds)
