@@ -24,7 +24,8 @@ With `--dataset ali_ccp` the same comparison runs on synthetic Ali-CCP (`--rows`
 default) streamed as the stages stream a large dataset: each model trains through
 `run_train_job` on Ray Data shards in a child process that starts its own local Ray, the
 fused models after storing their pool's logits beside the shards (a Ray Data actor
-pool); CPU and peak memory are then those of the child's process tree, Ray included.
+pool); CPU and peak memory (PSS) are then those of the child's process tree, Ray
+included.
 Writes `fusion_cost_ali_ccp_stream.md` and `.json`.
 
 Each finished model is appended to `<tmp>/emm-bench/fusion-cost-<data>/measured.jsonl`
@@ -381,7 +382,8 @@ def write(args: argparse.Namespace, measured: list[Measured], pool_size: int, ro
         )
         memory = (
             "CPU seconds and peak memory are those of the child's whole process tree (Ray's "
-            "GCS, raylet, workers: ~1 GB of it is Ray itself), RSS summed over processes"
+            "GCS, raylet, workers: about 1 GB of it is Ray itself), memory as PSS summed "
+            "over its processes"
         )
     lines = [
         f"# Fusion cost vs PLE, to convergence ({title})",
