@@ -70,9 +70,10 @@ class WorkerResources(StrictModel):
 class TrainJob:
     """Everything a Ray Train run needs; picklable, so it can travel to a worker.
 
-    `max_failures`: how often a run whose worker process died is restarted: on Ray Train
-    from its last checkpoint (the same run, `run_train_job`), as a Ray task from scratch
-    (`run_job`). An error raised by the training code itself is never retried.
+    `max_failures`: how often a run that lost a process (a worker, or the run's
+    controller) is restarted: on Ray Train from its newest checkpoint (`run_train_job`),
+    as a Ray task from scratch (`run_job`). An error raised by the training code itself
+    is never retried.
     """
 
     name: str
@@ -103,7 +104,7 @@ class TrainOutcome:
     run_path: str
     notes: list[str] = field(default_factory=list)
     initial_metrics: dict[str, float] | None = None
-    resumed_after_epoch: int = 0  # > 0: a worker died and the run went on from that epoch
+    resumed_after_epoch: int = 0  # > 0: a process died and the run went on from that epoch
 
     @property
     def best_score(self) -> float:
@@ -213,13 +214,7 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
 
     `callbacks` go to Train's `RunConfig`, e.g. Tune's `TuneReportCallback` inside a trial.
     """
-    from ray.train import (
-        CheckpointConfig,
-        DataConfig,
-        FailureConfig,
-        RunConfig,
-        ScalingConfig,
-    )
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     resources, note = fit_resources(job.name, job.resources, cluster_gpus())
