@@ -118,7 +118,7 @@ def build_api(
         }
         # Built here, finite (`_not_finite`) and in the documented shape: returning the
         # bytes skips FastAPI re-validating every prediction against `response_model`.
-        return Response(json.dumps(answer).encode(), media_type="application/json")
+        return Response(json.dumps(answer, allow_nan=False).encode(), media_type="application/json")
 
     return app
 

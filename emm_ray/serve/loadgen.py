@@ -58,8 +58,11 @@ class LoadResult:
     def summary(self) -> dict[str, float | int | str | None]:
         """Answered requests per second, latency percentiles of the answered ones, errors."""
         answered = len(self.latencies_ms)
-        latencies = np.asarray(self.latencies_ms) if answered else np.full(1, np.nan)
         per_second = answered / self.wall_s if self.wall_s else 0.0
+
+        def percentile(q: float) -> float | None:  # None (JSON null) when nothing answered
+            return round(float(np.percentile(self.latencies_ms, q)), 2) if answered else None
+
         return {
             "mode": self.mode,
             "concurrency": self.concurrency,
@@ -67,9 +70,9 @@ class LoadResult:
             "records_per_request": self.records_per_request,
             "requests": answered + self.errors,
             "requests_per_s": round(per_second, 1),
-            "p50_ms": round(float(np.percentile(latencies, 50)), 2),
-            "p95_ms": round(float(np.percentile(latencies, 95)), 2),
-            "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+            "p50_ms": percentile(50),
+            "p95_ms": percentile(95),
+            "p99_ms": percentile(99),
             "records_per_s": round(per_second * self.records_per_request, 1),
             "errors": self.errors,
         }
@@ -110,7 +113,7 @@ async def _fetch(session: aiohttp.ClientSession, url: str, body: bytes | None) -
             payload = await response.read()
             if response.status != 200:
                 return f"HTTP {response.status}: {payload[:200].decode(errors='replace')}"
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (aiohttp.ClientError, OSError) as exc:  # OSError covers TimeoutError
         return f"{type(exc).__name__}: {exc}"
     return None
 

@@ -19,7 +19,7 @@ from emm_ray.tracking.store import resolve_tracking_uri
 
 # A registered name: no path separator, and not a relative path of its own ("." / "..").
 MODEL_URI = re.compile(
-    r"^models:/(?P<name>(?!\.\.?(?:[/@]|$))[^/\\@]+)(/(?P<version>\d+)|@(?P<alias>[\w-]+))$"
+    r"^models:/(?P<name>(?!\.\.?(?:[/@]|$))[^/\\@]+)(/(?P<version>\d+)|@(?P<alias>[\w-]+))\Z"
 )
 
 

@@ -422,7 +422,8 @@ def _hostile_campaign(service: Service, count: int, reliability_log: Any) -> Non
     wrong, never a 5xx; no replica restarts; the service still answers afterwards."""
     from hypothesis import HealthCheck, given, settings
 
-    replicas = _replica_pids()
+    replicas = _replica_pids("emm-census:") | _replica_pids("emm-strict:")
+    assert replicas, "no replica of the service found to watch"
     statuses: dict[int, int] = {}
     failures: list[str] = []
 
@@ -442,7 +443,7 @@ def _hostile_campaign(service: Service, count: int, reliability_log: Any) -> Non
                 failures.append(f"non-probability answered for {payload[:200]!r}")
 
     send()
-    restarted = len(replicas - _replica_pids())
+    restarted = len(replicas - _replica_pids("emm-census:") - _replica_pids("emm-strict:"))
     reliability_log(
         check="hostile requests",
         requests_generated=sum(statuses.values()),

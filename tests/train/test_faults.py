@@ -29,8 +29,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.reliability]
 def test_a_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(
     ray_cluster: None, tmp_path: Path, reliability_log: Any
 ) -> None:
-    """SIGKILL the only worker during epoch 2 of 4: Train restarts the worker group from
-    the epoch-1 checkpoint (`FailureConfig`), and the run ends with 4 epochs and the
+    """SIGKILL the only worker after its first checkpoint: the driver restarts the run
+    from its newest checkpoint (`run_train_job`), and it ends with 4 epochs and the
     validation AUC of the same run left alone."""
     prepared = prepare_dataset(DatasetConfig(rows=100_000, seed=7), tmp_path / "data")
     job = TrainJob(
@@ -60,7 +60,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(
     while not list((tmp_path / "killed").glob("*/checkpoint_*")):
         assert time.monotonic() < deadline, "no checkpoint after 300 s"
         time.sleep(0.1)
-    time.sleep(0.3)  # into epoch 2
+    time.sleep(0.3)  # into a later epoch
     (worker,) = processes_titled("ray::RayTrainWorker")
     os.kill(worker, signal.SIGKILL)
     run.join(timeout=900)
@@ -89,8 +89,8 @@ def test_a_killed_member_trainer_is_restarted_and_the_rerun_trains_nothing_twice
     ray_cluster: None, tmp_path: Path, reliability_log: Any
 ) -> None:
     """SIGKILL one member's trainer (its Train controller, which owns the worker group)
-    while three members train at once: Ray restarts the controller, which resumes that
-    member from its checkpoint, so all three finish their epochs and are logged; running
+    while three members train at once: the driver restarts that member's run (from its
+    newest checkpoint, if it wrote one), so all three finish their epochs and are logged; running
     the pool again trains none of them again. (A member whose training fails for good is
     reported failed alone: `test_pool_ray.py`.)"""
     from emm_ray.train.pool import PoolReport, train_pool
