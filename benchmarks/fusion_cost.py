@@ -160,6 +160,7 @@ def train_streamed_in_child(job: dict[str, Any]) -> dict[str, Any]:
     schema = FeatureSchema.load(job["data"])
     config = TrainConfig.model_validate(job["train"])
     precompute: dict[str, Any] = {}
+    module = None
     if job["kind"] == "member":
         factory: Any = ZooModelFactory(job["architecture"], job["task"], job["hparams"])
         tasks = (job["task"],)
@@ -183,13 +184,13 @@ def train_streamed_in_child(job: dict[str, Any]) -> dict[str, Any]:
         )
         config = FuseSpec(fusion=fusion, train=config).fit_config
         factory = FusedModelFactory(members, fusion)
-        model = factory(schema)
-        tasks = tuple(model.task_names)
+        module = factory(schema)
+        tasks = tuple(module.task_names)
         precompute = {
-            "precompute_key": model.precompute_key(model.stored_names()),
-            "precompute_features": tuple(model.stored_names()),
+            "precompute_key": module.precompute_key(module.stored_names()),
+            "precompute_features": tuple(module.stored_names()),
         }
-    module = factory(schema)
+    module = module or factory(schema)
     train_job = TrainJob(
         name=job["name"],
         module_factory=factory,

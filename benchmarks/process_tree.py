@@ -48,6 +48,19 @@ def tree_cpu_seconds(root: int | None = None) -> float:
     return sum(sum(int(v) for v in stats[p][11:15]) / CLOCK_TICKS for p in tree if p in stats)
 
 
+def cpu_seconds_by_pid() -> dict[int, float]:
+    """CPU seconds of every live process, counted as `tree_cpu_seconds` counts them."""
+    return {pid: sum(int(v) for v in f[11:15]) / CLOCK_TICKS for pid, f in _stats().items()}
+
+
+def title(pid: int) -> str:
+    """A process's title (Ray names its actors `ray::<class>[.<method>]`); '' if gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 def tree_pss(root: int | None = None) -> tuple[int, int]:
     """PSS (KiB) of `root` (default: this process) and its live descendants, and how many
     they are. PSS splits shared pages (Ray's object store) among the processes mapping

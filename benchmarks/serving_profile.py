@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from process_tree import CLOCK_TICKS  # run as a script
+from process_tree import cpu_seconds_by_pid, title  # run as a script
 
 from emm_ray.data.synthetic import SyntheticGenerator
 from emm_ray.runtime import init_ray
@@ -114,27 +114,15 @@ def main() -> None:
 
 def cpu_by_process() -> dict[int, tuple[str, float]]:
     """Per live process: the kind this benchmark reports it as, and its CPU seconds."""
-    processes = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-            title = (
-                (stat.parent / "cmdline").read_bytes().split(b"\0")[0].decode("utf-8", "replace")
-            )
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split()
-        pid = int(stat.parent.name)
-        processes[pid] = (kind(pid, title), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
-    return processes
+    return {pid: (kind(pid, title(pid)), cpu) for pid, cpu in cpu_seconds_by_pid().items()}
 
 
-def kind(pid: int, title: str) -> str:
+def kind(pid: int, name: str) -> str:
     if pid == os.getpid():
         return "load generator"
-    if title.startswith("ray::ServeReplica:"):
+    if name.startswith("ray::ServeReplica:"):
         return "replicas"
-    if title.startswith("ray::ProxyActor"):
+    if name.startswith("ray::ProxyActor"):
         return "proxy"
     return "everything else"
 

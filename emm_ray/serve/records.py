@@ -179,7 +179,6 @@ class RecordEncoder:
     """
 
     def __init__(self, schema: FeatureSchema) -> None:
-        self.schema = schema
         self.lookups: list[dict[str, int]] = []
         for field in schema.sparse:
             lookup: dict[str, int] = {}
