@@ -296,13 +296,16 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
 
 
 def _latest_checkpoint(run_dir: Path) -> str | None:
-    """The newest checkpoint directory a Train run wrote (`None` if it wrote none yet).
+    """The newest complete checkpoint directory a Train run wrote (`None` if none yet).
 
-    A restarted run is handed it through its loop config: Train v2 neither restores a
-    failed run built anew under the same name nor takes `resume_from_checkpoint`.
+    Complete: it holds the resume file (a process killed while a checkpoint was being
+    written leaves one without it). A restarted run is handed it through its loop
+    config: Train v2 neither restores a failed run built anew under the same name nor
+    takes `resume_from_checkpoint`. Local storage paths only; a run on remote storage
+    restarts from scratch.
     """
-    written = sorted(run_dir.glob("checkpoint_*"), key=lambda path: path.stat().st_mtime)
-    return str(written[-1]) if written else None
+    written = sorted(run_dir.glob(f"checkpoint_*/{RESUME_FILE}"), key=lambda p: p.stat().st_mtime)
+    return str(written[-1].parent) if written else None
 
 
 def lost_a_process(error: BaseException) -> bool:

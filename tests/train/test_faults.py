@@ -54,6 +54,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(
         except BaseException as error:  # reported below, not lost in the thread
             finished["error"] = error
 
+    others = processes_titled("ray::RayTrainWorker")  # of other jobs on the machine
     run = threading.Thread(target=train)
     run.start()
     deadline = time.monotonic() + 300
@@ -61,7 +62,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(
         assert time.monotonic() < deadline, "no checkpoint after 300 s"
         time.sleep(0.1)
     time.sleep(0.3)  # into a later epoch
-    (worker,) = processes_titled("ray::RayTrainWorker")
+    (worker,) = processes_titled("ray::RayTrainWorker") - others
     os.kill(worker, signal.SIGKILL)
     run.join(timeout=900)
     assert "error" not in finished, f"the run did not survive the kill: {finished['error']!r}"
@@ -132,16 +133,17 @@ def test_a_killed_member_trainer_is_restarted_and_the_rerun_trains_nothing_twice
         except BaseException as error:
             reports["error"] = error
 
+    others = processes_titled("ray::TrainController")  # of other jobs on the machine
     run = threading.Thread(target=train)
     run.start()
     deadline = time.monotonic() + 300
     checkpoints = tmp_path / "ray"
-    while len(processes_titled("ray::TrainController")) < 3 or not list(
+    while len(processes_titled("ray::TrainController") - others) < 3 or not list(
         checkpoints.glob("*/checkpoint_*")
     ):
         assert time.monotonic() < deadline, "the three trainers did not start"
         time.sleep(0.2)
-    victim = sorted(processes_titled("ray::TrainController"))[0]
+    victim = sorted(processes_titled("ray::TrainController") - others)[0]
     os.kill(victim, signal.SIGKILL)
     run.join(timeout=900)
     assert "error" not in reports, f"the pool did not survive the kill: {reports['error']!r}"
