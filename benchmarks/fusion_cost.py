@@ -144,7 +144,7 @@ def train_streamed_in_child(job: dict[str, Any]) -> dict[str, Any]:
     stages train a streamed dataset (`run_train_job`, Ray Data shards; a fused model first
     stores its pool's logits beside the shards with a Ray Data actor pool). CPU and peak
     memory are those of the process tree (this process, Ray's processes, its workers)."""
-    from process_tree import PeakTreeMemory, tree_cpu_seconds
+    from process_tree import TreeMonitor
 
     from emm_ray.baselines.stage import BaselineFactory
     from emm_ray.config import load_yaml_config
@@ -203,10 +203,10 @@ def train_streamed_in_child(job: dict[str, Any]) -> dict[str, Any]:
         **precompute,
     )
     load_before = os.getloadavg()[0]
-    with PeakTreeMemory() as memory:
-        wall, cpu = time.perf_counter(), tree_cpu_seconds()
+    with TreeMonitor() as tree:
+        wall = time.perf_counter()
         outcome = run_train_job(train_job)
-        wall, cpu = time.perf_counter() - wall, tree_cpu_seconds() - cpu
+        wall = time.perf_counter() - wall
     if job["kind"] == "member":
         torch.save(outcome.state_dict, Path(job["pool_dir"]) / f"{job['name']}.pt")
     return asdict(
@@ -215,8 +215,8 @@ def train_streamed_in_child(job: dict[str, Any]) -> dict[str, Any]:
             epochs=len(outcome.history),
             best_epoch=outcome.best_epoch,
             wall_s=wall,
-            cpu_s=cpu,
-            peak_mib=memory.peak_mib,
+            cpu_s=tree.cpu_seconds,
+            peak_mib=tree.peak_mib,
             load_before=load_before,
             load_after=os.getloadavg()[0],
             trainable_params=sum(p.numel() for p in module.parameters() if p.requires_grad),

@@ -84,24 +84,48 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
 
 
-class PeakTreeMemory:
-    """Samples `tree_pss` every `interval_s` in a thread; `peak_mib` once it is left."""
+class TreeMonitor:
+    """Samples the process tree every `interval_s` in a thread while it is entered:
+    `peak_mib` (PSS) and `cpu_seconds`, the CPU its processes used meanwhile.
+
+    CPU is summed per process from samples (the last one seen, less what it had used
+    at entry) because Ray's raylet does not leave its exited workers' time in its own
+    counters: a snapshot at exit would miss every worker that finished in between. A
+    process that lives less than `interval_s` can be missed.
+    """
 
     def __init__(self, interval_s: float = 0.5) -> None:
         self.interval_s = interval_s
         self.peak_mib = 0.0
+        self._start: dict[int, float] = {}
+        self._last: dict[int, float] = {}
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def __enter__(self) -> PeakTreeMemory:
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(cpu - self._start.get(pid, 0.0) for pid, cpu in self._last.items())
+
+    def __enter__(self) -> TreeMonitor:
+        self._start = self._tree_cpu()
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stopped.set()
         self._thread.join()
+        self._last.update(self._tree_cpu())
+
+    def _tree_cpu(self) -> dict[int, float]:
+        stats = _stats()
+        return {
+            pid: (int(stats[pid][11]) + int(stats[pid][12])) / CLOCK_TICKS
+            for pid in _tree(os.getpid(), stats)
+            if pid in stats
+        }
 
     def _sample(self) -> None:
         while not self._stopped.is_set():
+            self._last.update(self._tree_cpu())
             self.peak_mib = max(self.peak_mib, tree_pss()[0] / 1024)
             self._stopped.wait(self.interval_s)
