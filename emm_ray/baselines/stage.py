@@ -39,6 +39,7 @@ from emm_ray.data.schema import FeatureSchema
 from emm_ray.errors import ArtifactIntegrityError, ConfigError, EmmError
 from emm_ray.tracking.artifacts import ArtifactManifest, load_module_artifact, save_module_artifact
 from emm_ray.tracking.store import (
+    claim_run,
     download_run_directory,
     ensure_experiment,
     find_runs,
@@ -228,6 +229,7 @@ def train_baselines(
                 tasks=tasks,
                 config=spec.train,
                 storage_path=str(Path(storage_path).resolve()),
+                run_key=run_id,
                 resources=spec.resources,
                 data_mode=spec.data_mode,
             )
@@ -264,9 +266,7 @@ def _start_run(
     item: _Pending,
     tasks: tuple[str, ...],
 ) -> str:
-    run_id = client.create_run(
-        experiment_id, run_name=item.name, tags={tag(k): v for k, v in item.lookup.items()}
-    ).info.run_id
+    run_id = claim_run(client, experiment_id, item.lookup, item.name)
     log_params(
         client,
         run_id,

@@ -159,6 +159,30 @@ class PreparedDataset:
         self.split_dir(split)
         return int(self.split_info["splits"][split]["rows"])
 
+    def checked_shards(self, split: str) -> list[Path]:
+        """The split's parquet shards, each footer readable and their rows adding up to
+        what `prepare` wrote: a truncated, damaged, missing or extra shard is a
+        `DataError` naming it before any reader (Ray Data's tasks) touches the data."""
+        shards = sorted(self.split_dir(split).glob("*.parquet"))
+        if not shards:
+            raise DataError(f"no parquet shards in the {split} split", self.split_dir(split))
+        rows = 0
+        for shard in shards:
+            try:
+                rows += pq.read_metadata(shard).num_rows
+            except (OSError, pa.ArrowException) as exc:
+                raise DataError(
+                    f"cannot read this parquet shard ({exc}); prepare the data again", shard
+                ) from None
+        if rows != self.num_rows(split):
+            raise DataError(
+                f"the {split} shards hold {rows} rows, {self.num_rows(split)} were prepared "
+                f"({len(shards)} shards): a shard was removed, added or swapped; prepare the "
+                "data again",
+                self.split_dir(split),
+            )
+        return shards
+
 
 @dataclass
 class _Source:

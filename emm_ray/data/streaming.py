@@ -42,6 +42,7 @@ def read_split(
     benchmarks/results/data_throughput.md.
     """
     prepared = PreparedDataset.load(prepared_dir)
+    prepared.checked_shards(split)
     return read_parquet_columns(
         prepared.split_dir(split), split_columns(prepared.schema, with_row_id)
     )
@@ -95,15 +96,13 @@ def load_split(prepared_dir: str | Path, split: str) -> Batch:
     prepared = PreparedDataset.load(prepared_dir)
     wanted = split_columns(prepared.schema)
     shards = []
-    for shard in sorted(prepared.split_dir(split).glob("*.parquet")):
+    for shard in prepared.checked_shards(split):
         try:
             shards.append(pq.read_table(shard, columns=wanted))
         except (OSError, pa.ArrowException) as exc:  # truncated, corrupted, not parquet
             raise DataError(
                 f"cannot read this parquet shard ({exc}); prepare the data again", shard
             ) from None
-    if not shards:
-        raise DataError(f"no parquet shards in the {split} split", prepared.split_dir(split))
     table = pa.concat_tables(shards)
     columns = {name: table.column(name).to_numpy() for name in table.column_names}
     return BatchCollator(prepared.schema)(columns)

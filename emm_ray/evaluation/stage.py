@@ -33,7 +33,13 @@ from emm_ray.evaluation.metrics import score_module
 from emm_ray.evaluation.report import ModelKind, ReportRow, write_report
 from emm_ray.fusion.model import EMMModel
 from emm_ray.fusion.stage import load_fused_run
-from emm_ray.tracking.store import ensure_experiment, log_metrics, tag, tracking_client
+from emm_ray.tracking.store import (
+    claim_run,
+    ensure_experiment,
+    log_metrics,
+    spec_digest,
+    tracking_client,
+)
 from emm_ray.train.loop import inference_batch_size
 from emm_ray.train.members import load_member
 
@@ -174,21 +180,24 @@ def _log(
     output_dir: Path,
 ) -> str:
     experiment_id = ensure_experiment(client, spec.experiment)
-    run = client.create_run(
+    run_id = claim_run(
+        client,
         experiment_id,
-        run_name=f"evaluate-{fused_run_id[:8]}",
-        tags={
-            tag("kind"): EVALUATION_KIND,
-            tag("fused_run"): fused_run_id,
-            tag("data"): source[:5000],
+        {
+            "kind": EVALUATION_KIND,
+            "fused_run": fused_run_id,
+            "inputs": spec_digest({"data": source, "models": sorted({r.model for r in rows})}),
         },
+        f"evaluate-{fused_run_id[:8]}",
+        extra_tags={"data": source[:5000]},
+        reuse_finished=True,
     )
     metrics = {}
     for row in rows:
         if row.auc is not None:
             metrics[f"test_auc.{row.model}.{row.task}"] = row.auc
         metrics[f"test_logloss.{row.model}.{row.task}"] = row.logloss
-    log_metrics(client, run.info.run_id, metrics, int(time.time() * 1000))
-    client.log_artifacts(run.info.run_id, str(output_dir))
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+    log_metrics(client, run_id, metrics, int(time.time() * 1000))
+    client.log_artifacts(run_id, str(output_dir))
+    client.set_terminated(run_id, "FINISHED")
+    return run_id

@@ -45,6 +45,7 @@ from emm_ray.fusion.model import EMMModel
 from emm_ray.models.registry import build_model
 from emm_ray.tracking.artifacts import ArtifactManifest
 from emm_ray.tracking.store import (
+    claim_run,
     download_run_directory,
     ensure_experiment,
     find_runs,
@@ -54,6 +55,7 @@ from emm_ray.tracking.store import (
     log_params,
     spec_digest,
     tag,
+    tag_resumed,
     tracking_client,
 )
 from emm_ray.train.loop import TrainConfig
@@ -347,10 +349,7 @@ def _train_and_log(
             _, manifest = load_fused_run(client, run_id, schema)
             return FuseResult(run_id, manifest, "skipped")
 
-    run = client.create_run(
-        experiment_id, run_name=spec.name, tags={tag(k): v for k, v in lookup.items()}
-    )
-    run_id = run.info.run_id
+    run_id = claim_run(client, experiment_id, lookup, spec.name)
     log_params(
         client,
         run_id,
@@ -371,6 +370,7 @@ def _train_and_log(
             tasks=tasks,
             config=spec.fit_config,
             storage_path=str(Path(storage_path).resolve()),
+            run_key=run_id,
             resources=spec.resources,
             data_mode=spec.data_mode,
             precompute_key=model.precompute_key(model.stored_names()),
@@ -437,4 +437,5 @@ def _log_outcome(
         )
         client.log_artifacts(run_id, directory, MODEL_ARTIFACT_PATH)
     client.set_tag(run_id, tag("parameter_checksum"), manifest.parameter_checksum)
+    tag_resumed(client, run_id, outcome.resumed_after_epoch)
     return manifest

@@ -182,7 +182,7 @@ class Pipeline:
             alias=None,
             force=self.force,
         )
-        self._adopt_search(self.search.run_id, tracking_client())
+        self._adopt_search(self.search)
         if self.search.status == "skipped":
             return f"reused the search registered as version {self.search.version}"
         completed = sum(t.outcome == "completed" for t in self.search.trials)
@@ -191,12 +191,13 @@ class Pipeline:
             f"{self.search.best_metrics.get('val_auc', float('nan')):.4f}"
         )
 
-    def _adopt_search(self, run_id: str, client: Any) -> None:
-        """Prefer the search's best over the fuse stage's model when it validates better."""
-        searched = client.get_run(run_id).data.metrics.get("val_auc", float("-inf"))
+    def _adopt_search(self, search: SearchOutcome) -> None:
+        """Prefer the search's best over the fuse stage's model when it validates better
+        (both scores are the best epoch's mean validation AUC)."""
+        searched = search.best_metrics.get("val_auc", float("-inf"))
         fused = self.fused.val_auc if self.fused is not None else float("-inf")
         if self.chosen_run_id is None or searched > fused:
-            self.chosen_run_id = run_id
+            self.chosen_run_id = search.run_id
 
     def _evaluate(self) -> str:
         prepared = self._require(self.prepared, "evaluate", "prepare")

@@ -2,9 +2,11 @@
 
 `build_app` is the YAML's `import_path` (`emm_ray.serve.app:build_app`); its `args` are
 `ServeSettings`. Replicas, autoscaling and actor resources are Serve's own keys under
-`deployments:` (deployment name `EmmPredictor`). Each replica loads the registered model,
-then builds its FastAPI app from that model's schema (`@serve.ingress()` with
-`__serve_build_asgi_app__`), so the OpenAPI document shows the model's real fields.
+`deployments:` (deployment name `EmmPredictor`). Each replica loads the model version
+pinned when the application was built (`pin_version`: a version that fails to load is
+refused there, before it can replace the one serving), then builds its FastAPI app from
+that model's schema (`@serve.ingress()` with `__serve_build_asgi_app__`), so the OpenAPI
+document shows the model's real fields.
 
 Requests are validated and encoded one by one, then `@serve.batch` stacks the encoded
 rows of concurrent requests into one forward (`max_batch_size` counts records), which is
@@ -22,7 +24,7 @@ from ray import serve
 from ray.serve import Application
 
 from emm_ray.serve.api import build_api
-from emm_ray.serve.loading import load_registered
+from emm_ray.serve.loading import load_registered, pin_version
 from emm_ray.serve.records import EncodedRecords
 from emm_ray.serve.settings import ServeSettings, parse_settings
 
@@ -40,7 +42,9 @@ class EmmPredictor:
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        self.servable, self.description = load_registered(settings.model_uri, settings.tracking_uri)
+        self.servable, self.description = load_registered(
+            settings.model_uri, settings.tracking_uri, settings.pinned_version
+        )
         self.forward.set_max_batch_size(settings.max_batch_size)
         self.forward.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
@@ -58,8 +62,9 @@ class EmmPredictor:
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Application builder for Serve YAML: validates `args` into `ServeSettings` first."""
-    return EmmPredictor.bind(parse_settings(args))
+    """Application builder for Serve YAML: validates `args` into `ServeSettings`, then
+    loads and pins the model version (`pin_version`) before anything is deployed."""
+    return EmmPredictor.bind(pin_version(parse_settings(args)))
 
 
 def deploy(
@@ -76,16 +81,21 @@ def deploy(
     """Run the application on the connected Ray cluster; returns its base URL.
 
     Serve's HTTP proxy is started on `host:port` if it is not running yet; a proxy that
-    already runs keeps its address, and the URL returned is that address.
+    already runs keeps its address, and the URL returned is that address. The model is
+    loaded and verified here first (`pin_version`): if it fails, the application already
+    running under `name` keeps serving.
     """
     from ray.serve.context import _get_global_client
 
+    settings = pin_version(
+        settings.model_copy(update={"tracking_uri": settings.resolved_tracking_uri()})
+    )
     serve.start(http_options={"host": host, "port": port})
     application = EmmPredictor.options(
         num_replicas=num_replicas,
         ray_actor_options={"num_cpus": num_cpus},
         logging_config={"enable_access_log": access_log},
-    ).bind(settings.model_copy(update={"tracking_uri": settings.resolved_tracking_uri()}))
+    ).bind(settings)
     serve.run(application, name=name, route_prefix=route_prefix)
     proxy = _get_global_client().http_config
     return f"http://{proxy.host}:{proxy.port}{route_prefix.rstrip('/')}"

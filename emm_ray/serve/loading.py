@@ -23,19 +23,24 @@ from emm_ray.fusion.artifact import FUSED_ARCHITECTURE, build_fused_model
 from emm_ray.models.registry import ARCHITECTURES, build_model
 from emm_ray.serve.records import ModelDescription
 from emm_ray.serve.servable import Servable
-from emm_ray.serve.settings import MODEL_URI
+from emm_ray.serve.settings import MODEL_URI, ServeSettings
 from emm_ray.tracking.artifacts import ModuleArtifact, load_module_artifact
 from emm_ray.tracking.store import tracking_client
 
 
-def resolve_model_version(client: MlflowClient, model_uri: str) -> ModelVersion:
-    """The registry entry `model_uri` names; `ConfigError` if there is none."""
+def resolve_model_version(
+    client: MlflowClient, model_uri: str, pinned_version: str | None = None
+) -> ModelVersion:
+    """The registry entry `model_uri` names (version `pinned_version` of its model when
+    given, whatever its alias says now); `ConfigError` if there is none."""
     match = MODEL_URI.match(model_uri)
     if match is None:
         raise ConfigError(
             f"expected models:/<name>/<version> or models:/<name>@<alias>, got {model_uri!r}"
         )
     try:
+        if pinned_version is not None:
+            return client.get_model_version(match["name"], pinned_version)
         if match["alias"]:
             return client.get_model_version_by_alias(match["name"], match["alias"])
         return client.get_model_version(match["name"], match["version"])
@@ -89,11 +94,12 @@ def servable_from_artifact(artifact: ModuleArtifact) -> Servable:
 
 
 def load_registered(
-    model_uri: str, tracking_uri: str | None = None
+    model_uri: str, tracking_uri: str | None = None, pinned_version: str | None = None
 ) -> tuple[Servable, ModelDescription]:
-    """The servable behind `model_uri`, and a description of the version for responses."""
+    """The servable behind `model_uri` (or its model's `pinned_version`), and a
+    description of the version for responses."""
     client = tracking_client(tracking_uri)
-    version = resolve_model_version(client, model_uri)
+    version = resolve_model_version(client, model_uri, pinned_version)
     with tempfile.TemporaryDirectory(prefix="emm-serve-") as tmp:
         artifact = load_module_artifact(download_model_version(client, version, Path(tmp)))
         servable = servable_from_artifact(artifact)
@@ -108,3 +114,17 @@ def load_registered(
         tasks=list(servable.tasks),
     )
     return servable, description
+
+
+def pin_version(settings: ServeSettings) -> ServeSettings:
+    """`settings` with the version `model_uri` names now pinned, after loading it here.
+
+    Called where an application is built (`build_app`, `deploy`), before Serve touches
+    the running one: a version that does not load (tampered weights, wrong manifest,
+    missing artifact) raises here and never replaces the version being served, and every
+    replica, including one Serve restarts after a crash, loads the same verified version.
+    """
+    _, description = load_registered(
+        settings.model_uri, settings.tracking_uri, settings.pinned_version
+    )
+    return settings.model_copy(update={"pinned_version": description.version})

@@ -38,6 +38,15 @@ class ServeSettings(StrictModel):
         default="oov",
         description="unseen category: map to the out-of-vocabulary index and warn, or answer 422",
     )
+    pinned_version: str | None = Field(
+        default=None,
+        pattern=r"^\d+$",
+        description=(
+            "the registry version every replica loads; set when the application is built "
+            "(`pin_version`), so a replica restarted or added later serves the version that "
+            "was verified at deploy time even if the alias has moved since"
+        ),
+    )
 
     @field_validator("model_uri")
     @classmethod

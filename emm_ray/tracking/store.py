@@ -87,6 +87,41 @@ def find_runs(
     )
 
 
+def claim_run(
+    client: MlflowClient,
+    experiment_id: str,
+    lookup: Mapping[str, str],
+    run_name: str,
+    *,
+    extra_tags: Mapping[str, str] | None = None,
+    reuse_finished: bool = False,
+) -> str:
+    """Open (RUNNING) the one run that records the work `lookup` identifies.
+
+    A run an interrupted or failed attempt left behind (RUNNING, FAILED or KILLED, same
+    lookup tags) is reopened instead of adding another, so a rerun after a crash leaves
+    one run per piece of work; `reuse_finished` also reopens a FINISHED one (work that is
+    redone rather than skipped, such as an evaluation). Its earlier `emm.error` is cleared.
+    `extra_tags` (emm names, like `lookup`) describe the run without identifying it.
+    """
+    for run in find_runs(client, experiment_id, lookup, status=None):
+        if reuse_finished or run.info.status != "FINISHED":
+            run_id = run.info.run_id
+            client.update_run(run_id, status="RUNNING")
+            if tag("error") in run.data.tags:
+                client.delete_tag(run_id, tag("error"))
+            return run_id
+    tags = {tag(k): v for k, v in {**(extra_tags or {}), **lookup}.items()}
+    return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
+
+def tag_resumed(client: MlflowClient, run_id: str, resumed_after_epoch: int) -> None:
+    """Record on the run that its training went on from a checkpoint after a process or
+    the driver died (`emm.resumed_after_epoch`), so a reader knows it was interrupted."""
+    if resumed_after_epoch > 0:
+        client.set_tag(run_id, tag("resumed_after_epoch"), str(resumed_after_epoch))
+
+
 def _literal(value: str) -> str:
     """A filter-string literal: MLflow has no escapes, so pick a quote the value lacks."""
     value = str(value)
@@ -110,7 +145,10 @@ def flatten_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
-    items = [Param(k, v) for k, v in params.items()]
+    """Log `params`, skipping those a reopened run (`claim_run`) already holds: MLflow
+    refuses to change a logged param, and the run's first values stay the record."""
+    logged = client.get_run(run_id).data.params
+    items = [Param(k, v) for k, v in params.items() if k not in logged]
     for start in range(0, len(items), 100):
         client.log_batch(run_id, params=items[start : start + 100])
 

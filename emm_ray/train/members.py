@@ -28,6 +28,7 @@ from emm_ray.tracking.artifacts import (
     save_module_artifact,
 )
 from emm_ray.tracking.store import (
+    claim_run,
     download_run_directory,
     ensure_experiment,
     find_runs,
@@ -37,6 +38,7 @@ from emm_ray.tracking.store import (
     log_params,
     spec_digest,
     tag,
+    tag_resumed,
     tracking_client,
 )
 from emm_ray.train.loop import TrainConfig
@@ -91,12 +93,8 @@ class MemberIdentity:
             "data_fingerprint": self.data_fingerprint,
         }
 
-    def run_tags(self) -> dict[str, str]:
-        tags = {tag(k): v for k, v in self.lookup_tags().items()}
-        tags.update(
-            {tag("pool"): self.pool, tag("architecture"): self.architecture, tag("task"): self.task}
-        )
-        return tags
+    def description_tags(self) -> dict[str, str]:
+        return {"pool": self.pool, "architecture": self.architecture, "task": self.task}
 
 
 @dataclass(frozen=True)
@@ -128,8 +126,15 @@ def find_finished_member(
 def start_member_run(
     client: MlflowClient, experiment_id: str, identity: MemberIdentity, resources: dict[str, Any]
 ) -> str:
-    """Open the member's run (RUNNING) with its params, before training starts."""
-    run = client.create_run(experiment_id, run_name=identity.name, tags=identity.run_tags())
+    """Open the member's run (RUNNING) with its params, before training starts; an
+    interrupted attempt's run is reopened (`claim_run`)."""
+    run_id = claim_run(
+        client,
+        experiment_id,
+        identity.lookup_tags(),
+        identity.name,
+        extra_tags=identity.description_tags(),
+    )
     params = {
         "architecture": identity.architecture,
         "task": identity.task,
@@ -137,8 +142,8 @@ def start_member_run(
         **flatten_params("train", identity.train.model_dump(mode="json")),
         **flatten_params("resources", resources),
     }
-    log_params(client, run.info.run_id, params)
-    return run.info.run_id
+    log_params(client, run_id, params)
+    return run_id
 
 
 def finish_member_run(
@@ -180,6 +185,7 @@ def finish_member_run(
         manifest = save_module_artifact(Path(directory), outcome.state_dict, manifest, schema)
         client.log_artifacts(run_id, directory, MODEL_ARTIFACT_PATH)
     client.set_tag(run_id, tag("parameter_checksum"), manifest.parameter_checksum)
+    tag_resumed(client, run_id, outcome.resumed_after_epoch)
     if outcome.notes:
         client.set_tag(run_id, tag("notes"), "\n".join(outcome.notes)[:5000])
     client.set_terminated(run_id, "FINISHED")

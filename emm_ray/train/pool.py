@@ -196,6 +196,7 @@ def train_pool(
                     tasks=(member.task,),
                     config=identity.train,
                     storage_path=storage,
+                    run_key=run_id,
                     resources=resources,
                     data_mode=spec.data_mode,
                 )

@@ -74,6 +74,10 @@ class TrainJob:
     controller) is restarted: on Ray Train from its newest checkpoint (`run_train_job`),
     as a Ray task from scratch (`run_job`). An error raised by the training code itself
     is never retried.
+
+    `run_key` (the MLflow run id the job reports to) names the Train run, so a job
+    started again after its driver died finds the killed attempt's checkpoints and goes
+    on from there; without it every run gets a fresh name.
     """
 
     name: str
@@ -87,6 +91,7 @@ class TrainJob:
     max_failures: int = 2
     precompute_key: str | None = None
     precompute_features: tuple[str, ...] = ()
+    run_key: str | None = None
 
 
 @dataclass
@@ -231,15 +236,22 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
     resources_per_worker = {"CPU": resources.cpu}
     if resources.gpu > 0:
         resources_per_worker["GPU"] = resources.gpu
+    run_name = (
+        f"{job.name}-{job.run_key}"
+        if job.run_key
+        else f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    )
     run_config = RunConfig(
-        name=f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
+        name=run_name,
         storage_path=job.storage_path,
         checkpoint_config=CheckpointConfig(num_to_keep=1),
         failure_config=FailureConfig(max_failures=0),  # restarts are decided below
         callbacks=list(callbacks),
     )
     started = time.perf_counter()
-    resume_from = None
+    resume_from = _latest_checkpoint(Path(job.storage_path) / run_name) if job.run_key else None
+    if resume_from:
+        logger.warning("%s: going on from the interrupted run's %s", job.name, resume_from)
     for attempt in range(job.max_failures + 1):
         trainer = TorchTrainer(
             _train_worker,
@@ -264,9 +276,7 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
         except Exception as error:
             if attempt == job.max_failures or not lost_a_process(error):
                 raise
-            resume_from = (
-                _latest_checkpoint(Path(job.storage_path) / run_config.name) or resume_from
-            )
+            resume_from = _latest_checkpoint(Path(job.storage_path) / run_name) or resume_from
             logger.warning(
                 "%s: a training process died (%s); restarting from the last checkpoint "
                 "(restart %d of %d)",

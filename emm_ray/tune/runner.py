@@ -9,7 +9,10 @@ metrics and options. The pool itself is never trained: it enters every trial fro
 
 A search is identified by a digest of the spec, the pool's runs and the data; the
 registered version carries it, so rerunning the same search returns that version
-instead of searching again (`force=True` searches anyway).
+instead of searching again (`force=True` searches anyway). The digest also names the
+Tune experiment, so a search whose driver died is restored (`Tuner.restore`, which
+unpickles Tune's own experiment state: the storage path must be one only emm-ray
+writes) and finishes only its unfinished trials.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from emm_ray.errors import EmmError
 from emm_ray.tracking.store import resolve_tracking_uri, spec_digest, tag, tracking_client
 from emm_ray.tune.registry import METRIC_TAG, register_artifact
 from emm_ray.tune.space import TuneSpec
-from emm_ray.tune.tracking import MODEL_SAVED, TrialRuns, trial_run_id
+from emm_ray.tune.tracking import MODEL_SAVED, TrialRuns, close_abandoned_trials, trial_run_id
 from emm_ray.tune.trial import METRIC, SearchContext, fusion_trial, load_pool, trial_resources
 
 logger = logging.getLogger(__name__)
@@ -106,7 +109,9 @@ def run_search(
         logger.info("search %s already registered as %s/%s", digest, model_name, previous.version)
         return _outcome_from_registry(previous)
 
-    search_id = uuid.uuid4().hex[:8]
+    # A search that was interrupted (driver killed) is restored from Tune's experiment
+    # state and finishes its unfinished trials; --force starts a new one.
+    search_id = uuid.uuid4().hex[:8] if force else digest[:8]
     context = SearchContext(
         data_dir=str(prepared.path.resolve()),
         pool=load_pool(pool_runs, prepared.path, tracking_uri),
@@ -114,34 +119,46 @@ def run_search(
         epochs=spec.asha.max_t,
         storage_path=str(Path(storage_path).resolve() / "trials"),
     )
-    tuner = tune.Tuner(
-        tune.with_resources(
-            tune.with_parameters(fusion_trial, context=context), trial_resources(context)
-        ),
-        param_space=spec.search.param_space(),
-        tune_config=tune.TuneConfig(
-            metric=METRIC,
-            mode="max",
-            num_samples=spec.num_samples,
-            search_alg=BasicVariantGenerator(
-                random_state=spec.trial.seed, max_concurrent=spec.max_concurrent
-            ),
-            scheduler=ASHAScheduler(
-                time_attr="training_iteration",
-                # +1: a trial's last report (its saved model) comes after its last epoch
-                max_t=spec.asha.max_t + 1,
-                grace_period=spec.asha.grace_period,
-                reduction_factor=spec.asha.reduction_factor,
-            ),
-        ),
-        run_config=tune.RunConfig(
-            name=f"tune-{search_id}",
-            storage_path=str(Path(storage_path).resolve()),
-            callbacks=[TrialRuns(tracking_uri, experiment, search_id)],
-            verbose=1,
-        ),
+    trainable = tune.with_resources(
+        tune.with_parameters(fusion_trial, context=context), trial_resources(context)
     )
+    experiment_dir = Path(storage_path).resolve() / f"tune-{search_id}"
+    if tune.Tuner.can_restore(experiment_dir):
+        logger.info("search %s was interrupted; restoring it from %s", search_id, experiment_dir)
+        tuner = tune.Tuner.restore(
+            str(experiment_dir),
+            trainable,
+            resume_errored=True,
+            param_space=spec.search.param_space(),
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=spec.search.param_space(),
+            tune_config=tune.TuneConfig(
+                metric=METRIC,
+                mode="max",
+                num_samples=spec.num_samples,
+                search_alg=BasicVariantGenerator(
+                    random_state=spec.trial.seed, max_concurrent=spec.max_concurrent
+                ),
+                scheduler=ASHAScheduler(
+                    time_attr="training_iteration",
+                    # +1: a trial's last report (its saved model) comes after its last epoch
+                    max_t=spec.asha.max_t + 1,
+                    grace_period=spec.asha.grace_period,
+                    reduction_factor=spec.asha.reduction_factor,
+                ),
+            ),
+            run_config=tune.RunConfig(
+                name=experiment_dir.name,
+                storage_path=str(experiment_dir.parent),
+                callbacks=[TrialRuns(tracking_uri, experiment, search_id)],
+                verbose=1,
+            ),
+        )
     results = list(tuner.fit())
+    close_abandoned_trials(client, experiment, search_id)
     completed = [r for r in results if r.error is None and r.metrics.get(MODEL_SAVED)]
     if not completed:
         errors = "; ".join(str(r.error) for r in results if r.error is not None)

@@ -5,7 +5,8 @@ writer), so the driver logs for them: the sampled options as params when a trial
 starts, each reported epoch's metrics with the epoch as step, and how the trial ended:
 `emm.outcome` is `completed` (its fused model was saved), `stopped_early` (ASHA cut it)
 or `failed` (run status FAILED). Runs are tagged with the search and trial ids, which is
-how the best trial's run is found again to attach its model.
+how the best trial's run is found again to attach its model, and how a restored search
+reopens the run of a trial it restarts instead of adding another.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ray.tune.experiment import Trial
 from ray.tune.logger import LoggerCallback
 
 from emm_ray.tracking.store import (
+    claim_run,
     ensure_experiment,
     find_runs,
     flatten_params,
@@ -58,17 +60,15 @@ class TrialRuns(LoggerCallback):
         if trial.trial_id in self._runs:
             return
         client = self.client
-        run = client.create_run(
+        run_id = claim_run(
+            client,
             self._experiment_id,
-            run_name=f"trial-{trial.trial_id}",
-            tags={
-                tag("kind"): TRIAL_KIND,
-                tag("search"): self.search_id,
-                tag("trial_id"): trial.trial_id,
-            },
+            {"kind": TRIAL_KIND, "search": self.search_id, "trial_id": trial.trial_id},
+            f"trial-{trial.trial_id}",
+            reuse_finished=True,  # a restored search may rerun a trial it had not saved
         )
-        self._runs[trial.trial_id] = run.info.run_id
-        log_params(client, run.info.run_id, flatten_params("", trial.config))
+        self._runs[trial.trial_id] = run_id
+        log_params(client, run_id, flatten_params("", trial.config))
 
     def log_trial_result(self, iteration: int, trial: Trial, result: dict[str, Any]) -> None:
         run_id = self._runs.get(trial.trial_id)
@@ -114,3 +114,17 @@ def trial_run_id(client: MlflowClient, experiment: str, search_id: str, trial_id
     if not runs:
         raise LookupError(f"no MLflow run for trial {trial_id} of search {search_id}")
     return runs[0].info.run_id
+
+
+def close_abandoned_trials(client: MlflowClient, experiment: str, search_id: str) -> None:
+    """Mark KILLED the runs of trials an interrupted attempt of the search left RUNNING
+    (a restored search gives the trials it never saved new ids, and new runs)."""
+    runs = find_runs(
+        client,
+        ensure_experiment(client, experiment),
+        {"kind": TRIAL_KIND, "search": search_id},
+        status="RUNNING",
+    )
+    for run in runs:
+        client.set_tag(run.info.run_id, tag("outcome"), "interrupted")
+        client.set_terminated(run.info.run_id, "KILLED")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from emm_ray.data.prepare import DatasetConfig, PreparedDataset, prepare_dataset
-from emm_ray.data.streaming import load_split
+from emm_ray.data.streaming import load_split, read_split
 from emm_ray.errors import DataError
 
 
@@ -29,6 +29,26 @@ def test_a_corrupted_shard_is_named(prepared: PreparedDataset) -> None:
     shard.write_bytes(bytes(data))
     with pytest.raises(DataError, match=f"file {re.escape(str(shard))}.*prepare the data again"):
         load_split(prepared.path, "train")
+
+
+def test_a_damaged_shard_is_named_before_streaming(prepared: PreparedDataset) -> None:
+    """`stream` mode reads in Ray Data tasks; the footer check names the shard first."""
+    shard = _first_shard(prepared, "train")
+    shard.write_bytes(shard.read_bytes()[:-20])
+    with pytest.raises(DataError, match=f"file {re.escape(str(shard))}.*prepare the data again"):
+        read_split(prepared.path, "train")
+
+
+@pytest.mark.parametrize("change", ["removed", "added"])
+def test_a_removed_or_added_shard_is_refused(prepared: PreparedDataset, change: str) -> None:
+    shard = _first_shard(prepared, "train")
+    if change == "removed":
+        shard.unlink()
+    else:
+        (shard.parent / "zz-extra.parquet").write_bytes(shard.read_bytes())
+    for read in (load_split, read_split):
+        with pytest.raises(DataError, match="shards hold .* rows, .* were prepared|no parquet"):
+            read(prepared.path, "train")
 
 
 def test_a_truncated_shard_is_named(prepared: PreparedDataset) -> None:

@@ -19,6 +19,7 @@ from emm_ray.fusion import PoolMember as FusionMember
 from emm_ray.fusion.artifact import save_fused_model
 from emm_ray.models.registry import build_model
 from emm_ray.tracking.artifacts import (
+    STATE_FILE,
     ArtifactManifest,
     parameter_checksum,
     save_module_artifact,
@@ -107,6 +108,22 @@ def register_tiny_models(directory: Path) -> tuple[RegisteredModel, RegisteredMo
             "emm-tiny-income", member_version, tracking_uri, SCHEMA, income.model, ("income",)
         ),
     )
+
+
+def register_member_version(
+    directory: Path, tracking_uri: str, name: str, *, tampered: bool = False
+) -> str:
+    """A new version of `name` (a seeded single-task member) as `@champion`; `tampered`:
+    its weights file is changed after the checksum was written, so it must not load."""
+    torch.manual_seed(1)
+    member = _member(name, "income")
+    manifest = ArtifactManifest.model_validate(member.manifest)
+    save_module_artifact(directory, member.model.state_dict(), manifest, SCHEMA)
+    if tampered:
+        state = torch.load(directory / STATE_FILE, weights_only=True)
+        state = {key: value + 1e-3 for key, value in state.items()}
+        torch.save(state, directory / STATE_FILE)
+    return _register(tracking_client(tracking_uri), directory, name)
 
 
 def register_tiny_baseline(directory: Path, name: str = "ple") -> RegisteredModel:

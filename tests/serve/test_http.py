@@ -33,8 +33,15 @@ from hypothesis import strategies as st
 from emm_ray.data.batch import BatchCollator
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.runtime import RAY_ENV
+from emm_ray.tracking.artifacts import ArtifactIntegrityError
 from tests.ray_processes import processes_titled
-from tests.serve.models import RegisteredModel, raw_rows, register_tiny_models
+from tests.serve.models import (
+    SCHEMA,
+    RegisteredModel,
+    raw_rows,
+    register_member_version,
+    register_tiny_models,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE_CONFIG = REPO / "serve_configs" / "census.yaml"
@@ -322,6 +329,47 @@ def test_deploy_serves_a_single_task_pool_member(service: Service) -> None:
         serve.delete("emm-member")
 
 
+def test_a_version_that_fails_to_load_never_replaces_the_served_one(
+    service: Service, tmp_path: Path
+) -> None:
+    """@champion moves to a tampered version: redeploying is refused before Serve is
+    touched, the running version keeps answering, and a replica killed afterwards comes
+    back with the pinned version, not the alias's new one."""
+    from ray import serve
+
+    from emm_ray.serve.app import deploy
+    from emm_ray.serve.settings import parse_settings
+
+    tracking_uri = service.model.tracking_uri
+    good = register_member_version(tmp_path / "good", tracking_uri, "emm-pinned")
+    settings = parse_settings(
+        {"model_uri": "models:/emm-pinned@champion", "tracking_uri": tracking_uri}
+    )
+    url = deploy(settings, name="emm-pinned", route_prefix="/pinned", port=_free_port())
+    rows = {"records": raw_rows(SCHEMA, count=2, seed=5)}
+    try:
+        status, body = _request(url + "/healthz")
+        assert status == 200 and body["model"]["version"] == good
+        bad = register_member_version(tmp_path / "bad", tracking_uri, "emm-pinned", tampered=True)
+        with pytest.raises(ArtifactIntegrityError, match="checksum"):
+            deploy(settings, name="emm-pinned", route_prefix="/pinned", port=_free_port())
+        status, body = _post(url + "/predict", rows)
+        assert status == 200 and body["model"]["version"] == good, (bad, body)
+
+        (replica,) = _replica_pids("emm-pinned")
+        os.kill(replica, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while not (_replica_pids("emm-pinned") - {replica}):
+            assert time.monotonic() < deadline, "Serve did not replace the killed replica"
+            time.sleep(0.5)
+        while (answer := _post(url + "/predict", rows))[0] != 200:
+            assert time.monotonic() < deadline, f"the new replica never answered: {answer}"
+            time.sleep(0.5)
+        assert answer[1]["model"]["version"] == good, "the restarted replica loaded another"
+    finally:
+        serve.delete("emm-pinned")
+
+
 def test_load_generator_measures_a_real_deployment(service: Service) -> None:
     """Closed and open loop against the live service: every request answered and counted."""
     import asyncio
@@ -420,42 +468,127 @@ def test_ten_thousand_hostile_requests_never_get_a_5xx(
 def _hostile_campaign(service: Service, count: int, reliability_log: Any) -> None:
     """Each generated request gets a 2xx with probabilities or a 4xx that says what is
     wrong, never a 5xx; no replica restarts; the service still answers afterwards."""
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import given
 
-    replicas = _replica_pids("emm-census:") | _replica_pids("emm-strict:")
-    assert replicas, "no replica of the service found to watch"
-    statuses: dict[int, int] = {}
-    failures: list[str] = []
+    watch = _Answers(service)
 
-    @settings(
-        max_examples=count, deadline=None, database=None, suppress_health_check=list(HealthCheck)
-    )
+    @_examples(count)
     @given(_hostile_request(service.model.schema))
     def send(request: tuple[bytes, str]) -> None:
         payload, content_type = request
         status, body = _send_raw(service.url + "/predict", payload, content_type)
-        statuses[status] = statuses.get(status, 0) + 1
-        if status >= 500 or (400 <= status < 500 and not body):
-            failures.append(f"{status} for {payload[:200]!r} ({content_type}): {body!r:.300}")
-        elif status == 200:
-            probabilities = [v for p in json.loads(body)["predictions"] for v in p.values()]
-            if not all(0.0 <= v <= 1.0 for v in probabilities):
-                failures.append(f"non-probability answered for {payload[:200]!r}")
+        watch.check(status, body, f"{payload[:200]!r} ({content_type})")
 
     send()
-    restarted = len(replicas - _replica_pids("emm-census:") - _replica_pids("emm-strict:"))
-    reliability_log(
-        check="hostile requests",
-        requests_generated=sum(statuses.values()),
-        responses_5xx=sum(n for code, n in statuses.items() if code >= 500),
-        status_counts={str(code): n for code, n in sorted(statuses.items())},
-        replica_restarts=restarted,
-    )
-    assert sum(statuses.values()) >= count
-    assert not failures, f"{len(failures)} bad answers, e.g.:\n" + "\n".join(failures[:5])
-    assert not restarted, "a replica restarted under hostile input"
-    status, _ = _post(service.url + "/predict", {"records": raw_rows(service.model.schema, 2)})
+    watch.report("hostile requests", count, reliability_log)
+
+
+def test_requests_generated_from_the_served_openapi_never_get_a_5xx(
+    service: Service, reliability_log: Any
+) -> None:
+    """300 schemathesis requests from the served OpenAPI document (the reliability job
+    sends 10,000)."""
+    _openapi_campaign(service, 300, reliability_log)
+
+
+@pytest.mark.reliability
+@pytest.mark.timeout(1800)
+def test_ten_thousand_requests_generated_from_the_served_openapi_never_get_a_5xx(
+    service: Service, reliability_log: Any
+) -> None:
+    _openapi_campaign(service, 10_000, reliability_log)
+
+
+def _openapi_campaign(service: Service, count: int, reliability_log: Any) -> None:
+    """schemathesis, driven by the deployment's own `/openapi.json`: requests that fit the
+    schema and requests that break it (negative mode), to both endpoints."""
+    import schemathesis
+    from hypothesis import given
+    from hypothesis import strategies as st
+    from schemathesis.generation import GenerationMode
+
+    status, document = _request(service.url + "/openapi.json")
     assert status == 200
+    schema = schemathesis.openapi.from_dict(document)
+    predict = schema["/predict"]["POST"]
+    cases = st.one_of(
+        predict.as_strategy(generation_mode=GenerationMode.POSITIVE),
+        predict.as_strategy(generation_mode=GenerationMode.NEGATIVE),
+        predict.as_strategy(generation_mode=GenerationMode.NEGATIVE),
+        schema["/healthz"]["GET"].as_strategy(),
+    )
+    watch = _Answers(service)
+
+    @_examples(count)
+    @given(cases)
+    def send(case: Any) -> None:
+        response = case.call(base_url=service.url, timeout=60)
+        watch.check(response.status_code, response.content, case.as_curl_command()[:300])
+
+    send()
+    watch.report("schemathesis requests from the served OpenAPI", count, reliability_log)
+
+
+def _examples(count: int) -> Any:
+    from hypothesis import HealthCheck, settings
+
+    return settings(
+        max_examples=count, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+
+
+class _Answers:
+    """What generated requests got: status counts, and answers that break the contract
+    (a 5xx; a refusal that does not say what is wrong; a 200 with a non-probability)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.replicas = self._replicas()
+        assert self.replicas, "no replica of the service found to watch"
+        self.statuses: dict[int, int] = {}
+        self.failures: list[str] = []
+
+    @staticmethod
+    def _replicas() -> set[int]:
+        return _replica_pids("emm-census:") | _replica_pids("emm-strict:")
+
+    def check(self, status: int, body: bytes, request: str) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if status >= 500 or (400 <= status < 500 and not body):
+            self.failures.append(f"{status} for {request}: {body!r:.300}")
+        elif status == 422 and not _names_what_is_wrong(body):
+            self.failures.append(f"422 without a location for {request}: {body!r:.300}")
+        elif status == 200 and b"predictions" in body:
+            probabilities = [v for p in json.loads(body)["predictions"] for v in p.values()]
+            if not all(0.0 <= v <= 1.0 for v in probabilities):
+                self.failures.append(f"non-probability answered for {request}")
+
+    def report(self, check: str, count: int, reliability_log: Any) -> None:
+        restarted = len(self.replicas - self._replicas())
+        reliability_log(
+            check=check,
+            requests_generated=sum(self.statuses.values()),
+            responses_5xx=sum(n for code, n in self.statuses.items() if code >= 500),
+            status_counts={str(code): n for code, n in sorted(self.statuses.items())},
+            replica_restarts=restarted,
+        )
+        assert sum(self.statuses.values()) >= count
+        failures = self.failures
+        assert not failures, f"{len(failures)} bad answers, e.g.:\n" + "\n".join(failures[:5])
+        assert not restarted, "a replica restarted under hostile input"
+        rows = {"records": raw_rows(self.service.model.schema, 2)}
+        status, _ = _post(self.service.url + "/predict", rows)
+        assert status == 200
+
+
+def _names_what_is_wrong(body: bytes) -> bool:
+    """A 422 body: a message, and every problem located (body part, record, field)."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return False
+    problems = answer.get("detail") if isinstance(answer, dict) else None
+    return bool(answer.get("message")) and bool(problems) and all(p["loc"] for p in problems)
 
 
 def _send_raw(url: str, payload: bytes, content_type: str) -> tuple[int, bytes]:

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 from emm_ray.tracking.store import (
+    claim_run,
     ensure_experiment,
     find_runs,
     flatten_params,
+    log_params,
     resolve_tracking_uri,
     spec_digest,
     tag,
@@ -64,3 +66,29 @@ def test_params_flatten_and_digests_are_stable() -> None:
     }
     assert spec_digest({"a": 1, "b": [1, 2]}) == spec_digest({"b": [1, 2], "a": 1})
     assert spec_digest({"a": 1}) != spec_digest({"a": 2})
+
+
+def test_a_rerun_reopens_the_run_an_interrupted_attempt_left(tmp_path: Path) -> None:
+    """One run per piece of work: RUNNING/FAILED runs are reopened, FINISHED ones only
+    when asked (work that is redone), other work gets its own run."""
+    client = tracking_client(f"sqlite:///{tmp_path / 'runs.db'}")
+    experiment = ensure_experiment(client, "claims")
+    work = {"kind": "member", "spec_digest": "abc"}
+    first = claim_run(client, experiment, work, "m", extra_tags={"task": "ctr"})
+    log_params(client, first, {"lr": "0.1"})
+    client.set_tag(first, tag("error"), "killed")
+    client.set_terminated(first, "FAILED")
+
+    again = claim_run(client, experiment, work, "m")
+    run = client.get_run(again)
+    assert again == first and run.info.status == "RUNNING"
+    assert tag("error") not in run.data.tags and run.data.tags[tag("task")] == "ctr"
+    log_params(client, again, {"lr": "0.1", "resources.cpu": "1"})  # no clash on rerun
+    assert client.get_run(again).data.params == {"lr": "0.1", "resources.cpu": "1"}
+
+    client.set_terminated(again, "FINISHED")
+    assert claim_run(client, experiment, work, "m", reuse_finished=True) == first
+    client.set_terminated(first, "FINISHED")
+    fresh = claim_run(client, experiment, work, "m")
+    other = claim_run(client, experiment, {**work, "spec_digest": "def"}, "m")
+    assert len({first, fresh, other}) == 3
