@@ -25,7 +25,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_TESTS = ["tests/serve/test_http.py", "tests/train/test_faults.py"]
+DEFAULT_TESTS = [
+    "tests/serve/test_http.py",
+    "tests/train/test_faults.py",
+    "tests/pipelines/test_interrupted.py",
+]
 TOTALS = (
     "faults_injected",
     "faults_survived",
@@ -72,7 +76,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     for key in TOTALS:
         values = [r[key] for r in records if key in r]
         totals[key] = sum(values) if values else None
-    hostile = [r["replica_restarts"] for r in records if r.get("check") == "hostile requests"]
+    hostile = [r["replica_restarts"] for r in records if "requests_generated" in r]
     totals["replica_restarts"] = sum(hostile) if hostile else None
     return totals
 

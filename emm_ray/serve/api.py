@@ -3,8 +3,9 @@
 Built per replica, after its model is loaded, because the request and response models
 are generated from that model's feature schema and tasks (see `records`). Every
 rejection is a 422 with one entry per problem, each naming the record index and the
-field, and a one-line `message` joining them; nothing a client sends can reach the
-model unvalidated, so bad input never becomes a 500.
+field, and a one-line `message` joining them (a body over `max_request_bytes` is a 413
+of the same shape, `limits`); nothing a client sends can reach the model unvalidated,
+so bad input never becomes a 500.
 
 This module must not use `from __future__ import annotations`: FastAPI reads the
 endpoint's parameter annotation at run time, and here it is a class built locally.
@@ -22,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from emm_ray.data.schema import FeatureSchema
+from emm_ray.serve.limits import BodyLimit
 from emm_ray.serve.records import (
     EncodedRecords,
     ModelDescription,
@@ -75,6 +77,7 @@ def build_api(
         ),
     )
     app.add_exception_handler(RequestValidationError, _refuse)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

@@ -34,6 +34,11 @@ class ServeSettings(StrictModel):
     max_batch_size: int = Field(default=256, ge=1, description="records per model forward")
     batch_wait_timeout_s: float = Field(default=0.005, ge=0.0)
     max_records_per_request: int = Field(default=256, ge=1)
+    max_request_bytes: int = Field(
+        default=4 * 1024**2,
+        ge=1024,
+        description="larger request bodies get a 413 before they are parsed",
+    )
     unknown_category: Literal["oov", "reject"] = Field(
         default="oov",
         description="unseen category: map to the out-of-vocabulary index and warn, or answer 422",

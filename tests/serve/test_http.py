@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from emm_ray.data.batch import BatchCollator
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.runtime import RAY_ENV
+from emm_ray.serve.settings import ServeSettings
 from emm_ray.tracking.artifacts import ArtifactIntegrityError
 from tests.ray_processes import processes_titled
 from tests.serve.models import (
@@ -301,6 +302,32 @@ def test_every_bad_input_is_a_422_naming_the_field(service: Service) -> None:
     assert not failures, "\n".join(failures)
     status, body = _post(service.url + "/predict", {"records": raw_rows(service.model.schema, 2)})
     assert status == 200, f"the replica stopped answering after bad input: {body}"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_oversized_body_is_a_413_before_it_is_parsed(service: Service, chunked: bool) -> None:
+    """Declared (Content-Length) or streamed (chunked), a body over `max_request_bytes`
+    is refused with the limit named, and the replica answers the next request."""
+    import http.client
+    from urllib.parse import urlparse
+
+    limit = ServeSettings.model_fields["max_request_bytes"].default
+    payload = b'{"records": [' + b" " * limit + b"]}"
+    address = urlparse(service.url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    headers = {"Content-Type": "application/json"}
+    if chunked:
+        chunks = (payload[i : i + 65536] for i in range(0, len(payload), 65536))
+        connection.request("POST", "/predict", chunks, headers, encode_chunked=True)
+    else:
+        connection.request("POST", "/predict", payload, headers)
+    response = connection.getresponse()
+    body = json.loads(response.read())
+    connection.close()
+    assert response.status == 413, body
+    assert f"the limit is {limit}" in body["message"] and body["detail"][0]["loc"] == ["body"]
+    status, _ = _post(service.url + "/predict", {"records": raw_rows(service.model.schema, 2)})
+    assert status == 200
 
 
 def test_deploy_serves_a_single_task_pool_member(service: Service) -> None:

@@ -15,29 +15,74 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from emm_ray.data.prepare import DatasetConfig, prepare_dataset
 from emm_ray.train.loop import TrainConfig
 from emm_ray.train.members import ZooModelFactory
-from emm_ray.train.ray_job import TrainJob, TrainOutcome, WorkerResources, run_train_job
+from emm_ray.train.ray_job import (
+    ModuleFactory,
+    TrainJob,
+    TrainOutcome,
+    WorkerResources,
+    run_train_job,
+)
 from tests.ray_processes import processes_titled
 
 pytestmark = [pytest.mark.ray, pytest.mark.reliability]
 
 
+def _fused_factory(schema_dir: Path) -> ModuleFactory:
+    """A fused model over two frozen members (seeded, untrained: the kill is the point)."""
+    from emm_ray.data.schema import FeatureSchema
+    from emm_ray.fusion import FusionConfig
+    from emm_ray.fusion.stage import FusedModelFactory, MemberWeights
+    from emm_ray.models.registry import build_model
+    from emm_ray.tracking.artifacts import ArtifactManifest, parameter_checksum
+    from emm_ray.train.members import MEMBER_KIND
+
+    schema = FeatureSchema.load(schema_dir)
+    torch.manual_seed(0)
+    members = []
+    for name, architecture, task in (
+        ("mlp_income", "mlp", "income"),
+        ("wide_nm", "wide_deep", "never_married"),
+    ):
+        model = build_model(architecture, schema, task, embed_dim=8, hidden=(32, 16))
+        manifest = ArtifactManifest(
+            kind=MEMBER_KIND,
+            name=name,
+            architecture=architecture,
+            tasks=(task,),
+            hparams=model.hparams,
+            schema_hash=schema.hash,
+            parameter_checksum=parameter_checksum(model.state_dict()),
+        )
+        members.append(MemberWeights.from_manifest(manifest, model.state_dict()))
+    return FusedModelFactory(tuple(members), FusionConfig(d_model=8, heads=2, top_k=1))
+
+
 @pytest.mark.timeout(1200)
+@pytest.mark.parametrize("trained", ["member", "fused"])
 def test_a_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(
-    ray_cluster: None, tmp_path: Path, reliability_log: Any
+    ray_cluster: None, tmp_path: Path, reliability_log: Any, trained: str
 ) -> None:
-    """SIGKILL the only worker after its first checkpoint: the driver restarts the run
-    from its newest checkpoint (`run_train_job`), and it ends with 4 epochs and the
-    validation AUC of the same run left alone."""
+    """SIGKILL the only worker after its first checkpoint, training a pool member and
+    training the fused model: the driver restarts the run from its newest checkpoint
+    (`run_train_job`), and it ends with 4 epochs and the validation AUC of the same run
+    left alone."""
     prepared = prepare_dataset(DatasetConfig(rows=100_000, seed=7), tmp_path / "data")
+    factory: ModuleFactory = (
+        ZooModelFactory("mlp", "income", {"embed_dim": 8, "hidden": [64, 32]})
+        if trained == "member"
+        else _fused_factory(prepared.path)
+    )
+    tasks = ("income",) if trained == "member" else ("income", "never_married")
     job = TrainJob(
-        name="fault",
-        module_factory=ZooModelFactory("mlp", "income", {"embed_dim": 8, "hidden": [64, 32]}),
+        name=f"fault-{trained}",
+        module_factory=factory,
         data_dir=str(prepared.path),
-        tasks=("income",),
+        tasks=tasks,
         config=TrainConfig(epochs=4, batch_size=512, patience=None, num_threads=1),
         storage_path=str(tmp_path / "killed"),
         resources=WorkerResources(cpu=0.5),
@@ -70,7 +115,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(
     assert isinstance(outcome, TrainOutcome)
     resumed_ok = len(outcome.history) == 4 and outcome.resumed_after_epoch >= 1
     reliability_log(
-        check="train worker killed mid-epoch",
+        check=f"train worker killed mid-epoch ({trained})",
         faults_injected=1,
         faults_survived=int(resumed_ok and abs(outcome.best_score - left_alone.best_score) < 0.01),
         epochs=len(outcome.history),
