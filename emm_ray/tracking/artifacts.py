@@ -30,6 +30,7 @@ from emm_ray.checksum import parameter_checksum
 from emm_ray.config import StrictModel
 from emm_ray.data.schema import SCHEMA_FILE, FeatureSchema
 from emm_ray.errors import ArtifactIntegrityError
+from emm_ray.tracking.mlflow_model import write_mlflow_model
 
 STATE_FILE = "state_dict.pt"
 MANIFEST_FILE = "manifest.json"
@@ -83,7 +84,8 @@ def save_module_artifact(
     manifest: ArtifactManifest,
     schema: FeatureSchema,
 ) -> ArtifactManifest:
-    """Write the three artifact files; fills in checksum, versions and time; returns the manifest.
+    """Write the artifact files (weights, schema, manifest, and `MLmodel` so the directory
+    is an MLflow Model too); fills in checksum, versions and time; returns the manifest.
 
     The manifest's `schema_hash` must be `schema`'s: an artifact never describes weights
     trained on one schema with another.
@@ -106,6 +108,7 @@ def save_module_artifact(
     torch.save(weights, directory / STATE_FILE)
     schema.save(directory)
     (directory / MANIFEST_FILE).write_text(final.model_dump_json(indent=1))
+    write_mlflow_model(directory, schema, final.tasks)
     return final
 
 

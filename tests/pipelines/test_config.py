@@ -53,3 +53,22 @@ def test_unknown_key_is_refused(tmp_path: Path) -> None:
     path.write_text("pools: configs/pools/smoke.yaml\n")
     with pytest.raises(ConfigError, match="pools"):
         load_pipeline_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("fuse: {train: {epochs: many}}\n", r"fuse\.train\.epochs: Input should be a valid int"),
+        ("stages: prepare\n", "stages"),
+        ("serve: {port: -1}\n", r"serve\.port"),
+        ("- prepare\n- pool\n", "<root>: Input should be a valid dictionary"),
+        ("fuse: {train: {epochs: 2}\n", "is not valid YAML"),
+    ],
+)
+def test_wrong_types_and_broken_yaml_name_the_file_and_field(
+    tmp_path: Path, text: str, named: str
+) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"config file {path}.*{named}"):
+        load_pipeline_config(path)

@@ -7,12 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
 from emm_ray.baselines import build_baseline
 from emm_ray.baselines.stage import BASELINE_KIND
+from emm_ray.data.batch import BatchCollator
 from emm_ray.data.schema import DenseField, FeatureSchema, SparseField, Task
 from emm_ray.fusion import EMMModel, FusionConfig
 from emm_ray.fusion import PoolMember as FusionMember
@@ -160,3 +163,20 @@ def raw_rows(schema: FeatureSchema, count: int, seed: int = 0) -> list[dict[str,
             row[field.name] = rng.choice([rng.randint(0, 90), round(rng.uniform(0, 5000), 3)])
         rows.append(row)
     return rows
+
+
+def expected_probabilities(model: RegisteredModel, rows: list[dict[str, Any]]) -> np.ndarray:
+    """The model's own probabilities for raw rows, encoded by the schema in-process."""
+    schema = model.schema
+    table = pa.table(
+        {
+            **{f.name: pa.array([str(r[f.name]) for r in rows]) for f in schema.sparse},
+            **{f.name: pa.array([float(r[f.name]) for r in rows]) for f in schema.dense},
+            **{t: pa.array([0] * len(rows), pa.int8()) for t in schema.task_names},
+        }
+    )
+    encoded = schema.encode(table)
+    batch = BatchCollator(schema)({n: encoded.column(n).to_numpy() for n in encoded.column_names})
+    with torch.inference_mode():
+        logits = model.module(batch.sparse, batch.dense).reshape(len(rows), -1)
+    return torch.sigmoid(logits.double()).numpy()

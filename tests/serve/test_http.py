@@ -24,13 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pytest
-import torch
 import yaml
 from hypothesis import strategies as st
 
-from emm_ray.data.batch import BatchCollator
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.runtime import RAY_ENV
 from emm_ray.serve.settings import ServeSettings
@@ -39,6 +36,7 @@ from tests.ray_processes import processes_titled
 from tests.serve.models import (
     SCHEMA,
     RegisteredModel,
+    expected_probabilities,
     raw_rows,
     register_member_version,
     register_tiny_models,
@@ -154,23 +152,6 @@ def service(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
         log.close()
 
 
-def _expected(model: RegisteredModel, rows: list[dict[str, Any]]) -> np.ndarray:
-    """The model's own probabilities for raw rows, encoded by the schema in-process."""
-    schema = model.schema
-    table = pa.table(
-        {
-            **{f.name: pa.array([str(r[f.name]) for r in rows]) for f in schema.sparse},
-            **{f.name: pa.array([float(r[f.name]) for r in rows]) for f in schema.dense},
-            **{t: pa.array([0] * len(rows), pa.int8()) for t in schema.task_names},
-        }
-    )
-    encoded = schema.encode(table)
-    batch = BatchCollator(schema)({n: encoded.column(n).to_numpy() for n in encoded.column_names})
-    with torch.inference_mode():
-        logits = model.module(batch.sparse, batch.dense).reshape(len(rows), -1)
-    return torch.sigmoid(logits.double()).numpy()
-
-
 def test_health_reports_the_registered_version(service: Service) -> None:
     status, body = _request(service.url + "/healthz")
     assert status == 200
@@ -198,9 +179,24 @@ def test_probabilities_equal_the_models_own_predictions(service: Service) -> Non
     assert status == 200, body
     tasks = service.model.tasks
     served = np.array([[p[t] for t in tasks] for p in body["predictions"]])
-    np.testing.assert_allclose(served, _expected(service.model, rows), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        served, expected_probabilities(service.model, rows), atol=1e-6, rtol=0
+    )
     assert body["warnings"] == []
     assert body["model"]["version"] == service.model.version
+
+
+def test_mlflow_pyfunc_answers_what_serve_answers(service: Service) -> None:
+    """The same registered version through `mlflow.pyfunc.load_model` and `/predict`."""
+    from tests.serve.test_pyfunc import as_frame, load
+
+    rows = raw_rows(service.model.schema, count=6, seed=21)
+    status, body = _post(service.url + "/predict", {"records": rows})
+    assert status == 200, body
+    served = np.array([[p[t] for t in service.model.tasks] for p in body["predictions"]])
+    pyfunc = load(service.model.uri, service.model.tracking_uri)
+    answer = pyfunc.predict(as_frame(rows))[list(service.model.tasks)].to_numpy()
+    np.testing.assert_allclose(answer, served, atol=1e-6, rtol=0)
 
 
 def test_concurrent_requests_are_batched_without_mixing_rows(service: Service) -> None:
@@ -214,7 +210,9 @@ def test_concurrent_requests_are_batched_without_mixing_rows(service: Service) -
     for rows, (status, body) in zip(requests, answers, strict=True):
         assert status == 200, body
         served = np.array([[p[t] for t in service.model.tasks] for p in body["predictions"]])
-        np.testing.assert_allclose(served, _expected(service.model, rows), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(
+            served, expected_probabilities(service.model, rows), atol=1e-6, rtol=0
+        )
 
 
 def test_unknown_category_is_scored_as_oov_and_reported(service: Service) -> None:
@@ -232,7 +230,9 @@ def test_unknown_category_is_scored_as_oov_and_reported(service: Service) -> Non
         }
     ]
     served = np.array([[p[t] for t in service.model.tasks] for p in body["predictions"]])
-    np.testing.assert_allclose(served, _expected(service.model, rows), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        served, expected_probabilities(service.model, rows), atol=1e-6, rtol=0
+    )
 
 
 def test_unknown_category_is_rejected_in_reject_mode(service: Service) -> None:
@@ -351,7 +351,7 @@ def test_deploy_serves_a_single_task_pool_member(service: Service) -> None:
         assert status == 200, body
         assert all(set(p) == {"income"} for p in body["predictions"])
         served = np.array([[p["income"]] for p in body["predictions"]])
-        np.testing.assert_allclose(served, _expected(member, rows), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(served, expected_probabilities(member, rows), atol=1e-6, rtol=0)
     finally:
         serve.delete("emm-member")
 
@@ -699,6 +699,6 @@ def test_a_replica_killed_under_load_loses_only_requests_in_flight(
         status, answer = _post(url + "/predict", {"records": rows})
         assert status == 200, answer
         served = np.array([[p[t] for t in model.tasks] for p in answer["predictions"]])
-        np.testing.assert_allclose(served, _expected(model, rows), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(served, expected_probabilities(model, rows), atol=1e-6, rtol=0)
     finally:
         serve.delete("emm-kill")
