@@ -150,6 +150,13 @@ class FeatureSchema(StrictModel):
         Raw tables come from the dataset adapters, which have already validated types,
         so this is pure vectorised arithmetic; unseen categories go to `OOV_INDEX`.
         """
+        columns = self.encode_features(raw)
+        for task in self.tasks:
+            columns[task.name] = pc.cast(raw.column(task.name), pa.float32())
+        return pa.table(columns)
+
+    def encode_features(self, raw: pa.Table) -> dict[str, pa.Array]:
+        """The feature columns of `encode` (no labels): what scoring unlabeled rows needs."""
         columns: dict[str, pa.Array] = {}
         for field in self.sparse:
             values = pc.cast(raw.column(field.name), pa.string())
@@ -160,9 +167,7 @@ class FeatureSchema(StrictModel):
                 raw.column(field.name).to_numpy(zero_copy_only=False), field.transform
             )
             columns[field.name] = pa.array(((x - field.mean) / field.std).astype(np.float32))
-        for task in self.tasks:
-            columns[task.name] = pc.cast(raw.column(task.name), pa.float32())
-        return pa.table(columns)
+        return columns
 
 
 def transform_dense(values: np.ndarray, transform: Literal["identity", "log1p"]) -> np.ndarray:

@@ -199,6 +199,31 @@ def test_mlflow_pyfunc_answers_what_serve_answers(service: Service) -> None:
     np.testing.assert_allclose(answer, served, atol=1e-6, rtol=0)
 
 
+def test_batch_scoring_answers_what_serve_answers(service: Service, tmp_path: Path) -> None:
+    """`pipelines/score.py`'s scorer and `/predict`, same version, same records."""
+    import pyarrow.parquet as pq
+
+    from emm_ray.serve.batch import ScoreJob, score_table
+    from tests.serve.test_batch_scoring import raw_table
+
+    rows = raw_rows(service.model.schema, count=40, seed=22)
+    pq.write_table(raw_table(rows), tmp_path / "rows.parquet")
+    status, body = _post(service.url + "/predict", {"records": rows})
+    assert status == 200, body
+    served = np.array([[p[t] for t in service.model.tasks] for p in body["predictions"]])
+    job = ScoreJob(
+        model_uri=service.model.uri,
+        tracking_uri=service.model.tracking_uri,
+        input_path=str(tmp_path / "rows.parquet"),
+        output_dir=str(tmp_path / "scores"),
+        cpus_per_actor=0.5,
+    )
+    score_table(job)
+    scored = pq.read_table(tmp_path / "scores").sort_by("row_id")
+    batch = np.stack([scored.column(t).to_numpy() for t in service.model.tasks], axis=1)
+    np.testing.assert_allclose(batch, served, atol=1e-6, rtol=0)
+
+
 def test_concurrent_requests_are_batched_without_mixing_rows(service: Service) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
