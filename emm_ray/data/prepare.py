@@ -160,9 +160,10 @@ class PreparedDataset:
         return int(self.split_info["splits"][split]["rows"])
 
     def checked_shards(self, split: str) -> list[Path]:
-        """The split's parquet shards, each footer readable and their rows adding up to
-        what `prepare` wrote: a truncated, damaged, missing or extra shard is a
-        `DataError` naming it before any reader (Ray Data's tasks) touches the data."""
+        """The split's parquet shards, each footer readable, each file's sha256 the one
+        `prepare` recorded, their rows adding up to what it wrote: a truncated, damaged,
+        missing, extra or swapped shard is a `DataError` naming it before any reader
+        (Ray Data's tasks, whose errors do not name the file) touches the data."""
         shards = sorted(self.split_dir(split).glob("*.parquet"))
         if not shards:
             raise DataError(f"no parquet shards in the {split} split", self.split_dir(split))
@@ -174,6 +175,7 @@ class PreparedDataset:
                 raise DataError(
                     f"cannot read this parquet shard ({exc}); prepare the data again", shard
                 ) from None
+        self._check_contents(split, shards)
         if rows != self.num_rows(split):
             raise DataError(
                 f"the {split} shards hold {rows} rows, {self.num_rows(split)} were prepared "
@@ -182,6 +184,28 @@ class PreparedDataset:
                 self.split_dir(split),
             )
         return shards
+
+    def _check_contents(self, split: str, shards: list[Path]) -> None:
+        """Each shard's sha256 against the one `prepare` recorded (datasets prepared
+        before checksums were recorded are checked by footer and rows only)."""
+        recorded: dict[str, str] | None = self.split_info.get("shards", {}).get(split)
+        if recorded is None:
+            return
+        names = {shard.name for shard in shards}
+        if names != set(recorded):
+            raise DataError(
+                f"the {split} split holds shards {sorted(names - set(recorded))} that prepare "
+                f"did not write and lacks {sorted(set(recorded) - names)}; prepare the data "
+                "again",
+                self.split_dir(split),
+            )
+        for shard in shards:
+            if _sha256(shard) != recorded[shard.name]:
+                raise DataError(
+                    "this parquet shard changed since prepare wrote it (sha256 differs); "
+                    "prepare the data again",
+                    shard,
+                )
 
 
 @dataclass
@@ -234,6 +258,7 @@ def prepare_dataset(
             raise DataError(f"source changed while preparing: {stats.rows} rows, then {written}")
         schema.save(staging)
         info = _split_record(config, config_hash, schema, sources, checksums, stats)
+        info["shards"] = _shard_checksums(staging)
         (staging / SPLIT_FILE).write_text(json.dumps(info, indent=1))
         return _publish(staging, output_dir, config_hash)
     finally:
@@ -570,6 +595,16 @@ def _config_hash(config: DatasetConfig, files: dict[str, Path], checksums: dict[
     }
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _shard_checksums(directory: Path) -> dict[str, dict[str, str]]:
+    """sha256 of every shard, per split: what `checked_shards` holds the files to."""
+    return {
+        split: {
+            shard.name: _sha256(shard) for shard in sorted(directory.glob(f"{split}/*.parquet"))
+        }
+        for split in SPLITS
+    }
 
 
 def _sha256(path: Path) -> str:
