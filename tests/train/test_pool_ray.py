@@ -116,7 +116,17 @@ def test_mlflow_holds_every_member_with_its_outcome(
         history = client.get_metric_history(run.info.run_id, "val_auc")
         assert [m.step for m in history] == [1, 2]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-        assert artifacts == {"model/state_dict.pt", "model/manifest.json", "model/schema.json"}
+        assert artifacts == {
+            f"model/{name}"
+            for name in (
+                "state_dict.pt",
+                "manifest.json",
+                "schema.json",
+                "MLmodel",  # an MLflow Model too (pyfunc flavor)
+                "input_example.json",
+                "serving_input_example.json",
+            )
+        }
     assert runs["diverging"].info.status == "FAILED"
     assert "TrainingDivergedError" in runs["diverging"].data.tags["emm.error"]
 
