@@ -206,7 +206,7 @@ def test_batch_scoring_answers_what_serve_answers(service: Service, tmp_path: Pa
     from emm_ray.serve.batch import ScoreJob, score_table
     from tests.serve.test_batch_scoring import raw_table
 
-    rows = raw_rows(service.model.schema, count=40, seed=22)
+    rows = raw_rows(service.model.schema, count=MAX_RECORDS, seed=22)
     pq.write_table(raw_table(rows), tmp_path / "rows.parquet")
     status, body = _post(service.url + "/predict", {"records": rows})
     assert status == 200, body
