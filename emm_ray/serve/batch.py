@@ -31,7 +31,7 @@ from pydantic import Field
 
 from emm_ray.config import StrictModel
 from emm_ray.data.schema import FeatureSchema
-from emm_ray.errors import DataError
+from emm_ray.errors import ConfigError, DataError
 from emm_ray.serve.loading import load_registered, pin_version
 from emm_ray.serve.servable import Servable
 from emm_ray.serve.settings import ServeSettings
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     import ray.data
 
 DEFAULT_ID_COLUMN = "row_id"
+# Reading and writing are light next to the forward; at Ray's default of 1 CPU a task,
+# actors holding every CPU of the cluster would leave them none (the job stalls).
+IO_TASK = {"num_cpus": 0.1}
 
 
 class ScoreJob(StrictModel):
@@ -147,11 +150,12 @@ def read_raw_table(path: str, schema: FeatureSchema) -> ray.data.Dataset:
         raise DataError("nothing to score: the folder holds no data files", path)
     suffixes = {Path(f).suffixes[0] if Path(f).suffixes else "" for f in files}
     if suffixes <= {".parquet"}:
-        return ray.data.read_parquet(files)
+        return ray.data.read_parquet(files, ray_remote_args=IO_TASK)
     if suffixes <= {".csv"}:
         text = {f.name: pa.string() for f in schema.sparse}
         return ray.data.read_csv(
             files,
+            ray_remote_args=IO_TASK,
             convert_options=pacsv.ConvertOptions(
                 column_types={**text, **{f.name: pa.float64() for f in schema.dense}},
             ),
@@ -165,6 +169,7 @@ def read_raw_table(path: str, schema: FeatureSchema) -> ray.data.Dataset:
 
 def score_table(job: ScoreJob) -> ScoreReport:
     """Score `job.input_path` on the connected Ray cluster into `job.output_dir`."""
+    import ray
     import ray.data
 
     started = time.perf_counter()
@@ -173,6 +178,14 @@ def score_table(job: ScoreJob) -> ScoreReport:
     servable, description = load_registered(
         settings.model_uri, settings.tracking_uri, settings.pinned_version
     )
+    needed = job.actors * job.cpus_per_actor + IO_TASK["num_cpus"]
+    available = float(ray.cluster_resources().get("CPU", 0.0))
+    if needed > available:
+        raise ConfigError(
+            f"{job.actors} actors x {job.cpus_per_actor} CPU plus reading and writing need "
+            f"{needed:g} CPUs; the Ray cluster has {available:g}: use fewer actors or "
+            "--cpus-per-actor"
+        )
     output = Path(job.output_dir)
     if output.exists() and any(output.iterdir()):
         raise DataError("the output folder is not empty; scores are never written over", output)
@@ -193,7 +206,7 @@ def score_table(job: ScoreJob) -> ScoreReport:
             batch_size=job.batch_size,
             concurrency=job.actors,
             num_cpus=job.cpus_per_actor,
-        ).write_parquet(job.output_dir)
+        ).write_parquet(job.output_dir, ray_remote_args=IO_TASK)
     except Exception as exc:
         cause = _user_error(exc)
         if cause is None:

@@ -12,7 +12,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from emm_ray.errors import DataError
+from emm_ray.errors import ConfigError, DataError
 from emm_ray.serve.batch import ScoreJob, score_table
 from tests.serve.models import (
     SCHEMA,
@@ -121,3 +121,13 @@ def test_a_missing_id_column_or_a_used_output_folder_is_refused(
     with pytest.raises(DataError, match="give .csv .* or .parquet"):
         (tmp_path / "rows.json").write_text("{}")
         score_table(_job(model, tmp_path / "rows.json", tmp_path / "b"))
+
+
+def test_more_actors_than_the_cluster_holds_is_refused(
+    ray_cluster: None, model: RegisteredModel, tmp_path: Path
+) -> None:
+    """Actors holding every CPU would leave none to read and write: refused up front."""
+    pq.write_table(raw_table(raw_rows(SCHEMA, count=5)), tmp_path / "rows.parquet")
+    job = _job(model, tmp_path / "rows.parquet", tmp_path / "scores", actors=2)
+    with pytest.raises(ConfigError, match="2 actors x 1.0 CPU .* the Ray cluster has 2"):
+        score_table(job.model_copy(update={"cpus_per_actor": 1.0}))
