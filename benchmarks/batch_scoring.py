@@ -3,8 +3,9 @@
 Trains the serving benchmark's small census pool, its fused model and registers it
 (`serving.build_and_register`, synthetic census-shaped rows), writes `--rows` raw
 synthetic rows (with a `row_id`) as parquet and as CSV, then scores each input with 1
-and 2 actors (0.95 CPU, one torch thread each), side by side in one run, with the load average before and after
-each. Rows/s counts the whole job: reading, encoding, the fused forward, writing parquet.
+and 2 actors (0.95 CPU, one torch thread each), side by side in one run, with the load
+average before and after each. Rows/s counts the whole job: reading, encoding, the
+fused forward, writing parquet.
 Writes `benchmarks/results/batch_scoring.md` and `.json` (rows `{"input", "actors",
 "rows", "seconds", "rows_per_s", "load_before", "load_after"}`).
 
