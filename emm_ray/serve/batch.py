@@ -189,9 +189,12 @@ def score_table(job: ScoreJob) -> ScoreReport:
     output = Path(job.output_dir)
     if output.exists() and any(output.iterdir()):
         raise DataError("the output folder is not empty; scores are never written over", output)
-    # A dataset copies the context when it is created: set before reading.
+    # A dataset copies the context when it is created: set before reading. Ray Data's V2
+    # file readers add a file-listing step at 1 CPU that `ray_remote_args` does not reach,
+    # which stalls beside actors holding the other CPUs; the V1 readers take IO_TASK.
     context = ray.data.DataContext.get_current()
-    original, context.raise_original_map_exception = context.raise_original_map_exception, True
+    original = (context.raise_original_map_exception, context.use_datasource_v2)
+    context.raise_original_map_exception, context.use_datasource_v2 = True, False
     try:
         data = read_raw_table(job.input_path, servable.schema)
         check_columns(servable.schema, data.columns(), job.id_column)
@@ -213,7 +216,7 @@ def score_table(job: ScoreJob) -> ScoreReport:
             raise
         raise DataError(f"cannot score {job.input_path}: {cause}", job.input_path) from None
     finally:
-        context.raise_original_map_exception = original
+        context.raise_original_map_exception, context.use_datasource_v2 = original
     rows = pads.dataset(job.output_dir, format="parquet").count_rows()
     return ScoreReport(
         model_name=description.name,
