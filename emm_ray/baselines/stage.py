@@ -49,6 +49,7 @@ from emm_ray.tracking.store import (
     log_params,
     spec_digest,
     tag,
+    tag_resumed,
     tracking_client,
 )
 from emm_ray.train.loop import TrainConfig
@@ -221,7 +222,7 @@ def train_baselines(
     with ThreadPoolExecutor(max_workers=spec.max_concurrent, thread_name_prefix="baseline") as ex:
         running: dict[Future[TrainOutcome], tuple[_Pending, str]] = {}
         for item in pending:
-            run_id = _start_run(client, experiment_id, spec, item, tasks)
+            run_id = _start_run(client, experiment_id, spec, item, tasks, reopen=not force)
             job = TrainJob(
                 name=f"baseline-{item.name}",
                 module_factory=BaselineFactory(item.name, tasks, item.hparams),
@@ -265,8 +266,9 @@ def _start_run(
     spec: BaselineSpec,
     item: _Pending,
     tasks: tuple[str, ...],
+    reopen: bool,
 ) -> str:
-    run_id = claim_run(client, experiment_id, item.lookup, item.name)
+    run_id = claim_run(client, experiment_id, item.lookup, item.name, reopen=reopen)
     log_params(
         client,
         run_id,
@@ -318,6 +320,7 @@ def _finish_run(
     with tempfile.TemporaryDirectory() as directory:
         save_module_artifact(directory, outcome.state_dict, manifest, prepared.schema)
         client.log_artifacts(run_id, directory, MODEL_ARTIFACT_PATH)
+    tag_resumed(client, run_id, outcome.resumed_after_epoch)
     client.set_terminated(run_id, "FINISHED")
     logger.info("%s: val AUC %.4f in %.1f s", item.name, outcome.best_score, outcome.wall_seconds)
     return BaselineRun(item.name, run_id, "trained", outcome.best_score, outcome.wall_seconds)

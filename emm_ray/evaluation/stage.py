@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mlflow.tracking import MlflowClient
 from pydantic import Field
@@ -164,11 +165,28 @@ def run_evaluation(
             fused, (data.slice(slice(s, s + chunk)) for s in range(0, len(data), chunk))
         )
         paths += write_gate_report(gates, output_dir / "gates")
-    run_id = _log(client, spec, fused_run_id, source, rows, output_dir)
+    inputs = {
+        "data": source,
+        "data_version": _data_version(prepared, test_path),
+        "baselines": dict(sorted((baseline_runs or {}).items())),
+        "spec": spec.model_dump(mode="json"),
+        "models": sorted({r.model for r in rows}),
+    }
+    run_id = _log(client, spec, fused_run_id, source, inputs, rows, output_dir)
     logger.info(
         "evaluation of %d models on %d rows logged in run %s", len(models), len(data), run_id
     )
     return EvaluationResult(rows, output_dir, run_id, notes)
+
+
+def _data_version(prepared: Path | None, test_path: Path | None) -> str:
+    """What changes when the rows evaluated on change: the prepared split's config hash,
+    or the raw test file's size and modification time."""
+    if test_path is not None:
+        stat = test_path.stat()
+        return f"{stat.st_size}-{stat.st_mtime_ns}"
+    assert prepared is not None  # evaluation_data refused the call otherwise
+    return str(PreparedDataset.load(prepared).split_info["config_hash"])
 
 
 def _log(
@@ -176,9 +194,12 @@ def _log(
     spec: EvaluateSpec,
     fused_run_id: str,
     source: str,
+    inputs: dict[str, Any],
     rows: Sequence[ReportRow],
     output_dir: Path,
 ) -> str:
+    """Log the evaluation in the run of exactly these inputs (fused run, data and its
+    version, baseline runs, spec): an identical rerun redoes it in the same run."""
     experiment_id = ensure_experiment(client, spec.experiment)
     run_id = claim_run(
         client,
@@ -186,7 +207,7 @@ def _log(
         {
             "kind": EVALUATION_KIND,
             "fused_run": fused_run_id,
-            "inputs": spec_digest({"data": source, "models": sorted({r.model for r in rows})}),
+            "inputs": spec_digest(inputs),
         },
         f"evaluate-{fused_run_id[:8]}",
         extra_tags={"data": source[:5000]},

@@ -349,7 +349,7 @@ def _train_and_log(
             _, manifest = load_fused_run(client, run_id, schema)
             return FuseResult(run_id, manifest, "skipped")
 
-    run_id = claim_run(client, experiment_id, lookup, spec.name)
+    run_id = claim_run(client, experiment_id, lookup, spec.name, reopen=not force)
     log_params(
         client,
         run_id,

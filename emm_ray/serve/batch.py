@@ -2,20 +2,26 @@
 
 Ray Data reads the raw table (CSV files with a header row, or parquet; one file or a
 folder), an actor pool scores it, and the scores are written as parquet: the row id
-column and one probability per task. Each actor loads the version pinned on the driver
-once (`pin_version`: the same verified load as Serve, so a moving alias cannot mix two
-versions in one output) and encodes whole batches with the schema's own vectorised
-encoder (`FeatureSchema.encode_features`, the encoding training data went through;
-Serve's per-record encoder is held equal to it by a property test).
+column and one probability per task, into a staging folder renamed to `output_dir`
+when the job is complete (a failed job leaves no partial scores). Each actor loads the
+version pinned on the driver once (`pin_version`: the same verified load as Serve, so
+a moving alias cannot mix two versions in one output) and encodes whole batches with
+the schema's own vectorised encoder (`FeatureSchema.encode_features`, the encoding
+training data went through; Serve's per-record encoder is held equal to it by a
+property test).
 
 Columns are matched by feature name; other columns are ignored. A categorical value is
-read as text (an unseen one scores as out-of-vocabulary, as in Serve's default); a
-numeric feature must be a finite number: an empty or non-finite value is refused with
-the column and the row's id, never scored as something else.
+read as text (an unseen one scores as out-of-vocabulary, as in Serve's default; Serve's
+`unknown_category: reject` has no batch counterpart yet); a numeric feature must be a
+finite number; an empty value of either kind is refused with the column and the row's
+id, as Serve refuses a missing value, never scored as something else. Remote output
+URIs are not supported yet (the staging rename is a local one).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,14 +118,24 @@ def score_batch(servable: Servable, batch: pa.Table, id_column: str) -> np.ndarr
                 f"first at {id_column} {row_id!r}",
                 column=field.name,
             )
+    for field in schema.sparse:
+        column = batch.column(field.name)
+        if column.null_count:
+            first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(
+                f"categorical feature {field.name!r} is empty in {column.null_count} rows, "
+                f"first at {id_column} {batch.column(id_column)[first].as_py()!r}",
+                column=field.name,
+            )
     encoded = schema.encode_features(batch)
-    sparse = np.stack([encoded[f.name].to_numpy() for f in schema.sparse], axis=1)
-    dense = np.stack(
-        [encoded[f.name].to_numpy(zero_copy_only=False) for f in schema.dense], axis=1
-    ).astype(np.float32)
-    return servable.predict_proba(
-        sparse.reshape(len(batch), len(schema.sparse)), dense.reshape(len(batch), -1)
-    )
+    rows = len(batch)
+    sparse = np.empty((rows, len(schema.sparse)), dtype=np.int64)
+    for i, field in enumerate(schema.sparse):
+        sparse[:, i] = encoded[field.name].to_numpy()
+    dense = np.empty((rows, len(schema.dense)), dtype=np.float32)
+    for i, field in enumerate(schema.dense):
+        dense[:, i] = encoded[field.name].to_numpy(zero_copy_only=False)
+    return servable.predict_proba(sparse, dense)
 
 
 def check_columns(schema: FeatureSchema, columns: list[str], id_column: str) -> None:
@@ -141,17 +157,18 @@ def read_raw_table(path: str, schema: FeatureSchema) -> ray.data.Dataset:
     source = Path(path)
     if not source.exists():
         raise DataError("nothing to score: no such file or folder", path)
-    files = (
-        [str(source)]
-        if source.is_file()
-        else sorted(str(p) for p in source.iterdir() if p.is_file() and p.name[0] not in "._")
-    )
+    entries = [source] if source.is_file() else sorted(source.iterdir())
+    if any(entry.is_dir() for entry in entries):
+        raise DataError(
+            "the folder holds subfolders; give a folder of data files (or one file)", path
+        )
+    files = [str(entry) for entry in entries if entry.name[0] not in "._"]
     if not files:
         raise DataError("nothing to score: the folder holds no data files", path)
-    suffixes = {Path(f).suffixes[0] if Path(f).suffixes else "" for f in files}
-    if suffixes <= {".parquet"}:
+    suffixes = {_kind(Path(f).name) for f in files}
+    if suffixes == {"parquet"}:
         return ray.data.read_parquet(files, ray_remote_args=IO_TASK)
-    if suffixes <= {".csv"}:
+    if suffixes == {"csv"}:
         text = {f.name: pa.string() for f in schema.sparse}
         return ray.data.read_csv(
             files,
@@ -162,9 +179,18 @@ def read_raw_table(path: str, schema: FeatureSchema) -> ray.data.Dataset:
         )
     raise DataError(
         f"cannot score files of kinds {sorted(suffixes)}: give .csv (with a header row, "
-        "optionally .csv.gz) or .parquet files",
+        "optionally compressed: .csv.gz) or .parquet files, one kind per folder",
         path,
     )
+
+
+def _kind(name: str) -> str:
+    """`parquet` (`x.parquet`, `x.snappy.parquet`), `csv` (`x.csv`, `x.csv.gz`) or the name."""
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith(".csv") or ".csv." in name:
+        return "csv"
+    return name
 
 
 def score_table(job: ScoreJob) -> ScoreReport:
@@ -189,6 +215,12 @@ def score_table(job: ScoreJob) -> ScoreReport:
     output = Path(job.output_dir)
     if output.exists() and any(output.iterdir()):
         raise DataError("the output folder is not empty; scores are never written over", output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.exists():
+        output.rmdir()
+    # Written beside, renamed when complete: a failed job leaves no partial scores.
+    staging = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
     # A dataset copies the context when it is created: set before reading. Ray Data's V2
     # file readers add a file-listing step at 1 CPU that `ray_remote_args` does not reach,
     # which stalls beside actors holding the other CPUs; the V1 readers take IO_TASK.
@@ -209,7 +241,8 @@ def score_table(job: ScoreJob) -> ScoreReport:
             batch_size=job.batch_size,
             concurrency=job.actors,
             num_cpus=job.cpus_per_actor,
-        ).write_parquet(job.output_dir, ray_remote_args=IO_TASK)
+        ).write_parquet(str(staging), ray_remote_args=IO_TASK)
+        staging.rename(output)
     except Exception as exc:
         cause = _user_error(exc)
         if cause is None:
@@ -217,6 +250,7 @@ def score_table(job: ScoreJob) -> ScoreReport:
         raise DataError(f"cannot score {job.input_path}: {cause}", job.input_path) from None
     finally:
         context.raise_original_map_exception, context.use_datasource_v2 = original
+        shutil.rmtree(staging, ignore_errors=True)
     rows = pads.dataset(job.output_dir, format="parquet").count_rows()
     return ScoreReport(
         model_name=description.name,

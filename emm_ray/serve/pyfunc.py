@@ -32,20 +32,26 @@ class EmmPyfuncModel:
 
     def predict(self, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
         """One probability column per task, one row per input row (same index)."""
-        records = [self._record(i, row) for i, row in enumerate(model_input.to_dict("records"))]
+        rows = model_input.to_dict("records")
+        records = [
+            self._record(i, label, row)
+            for i, (label, row) in enumerate(zip(model_input.index, rows, strict=True))
+        ]
         encoded = self.encode(records)
         probabilities = self.servable.predict_proba(encoded.sparse, encoded.dense)
         tasks = list(self.servable.tasks)
         return pd.DataFrame(probabilities, columns=tasks, index=model_input.index)
 
-    def _record(self, position: int, row: dict[str, Any]) -> BaseModel:
+    def _record(self, position: int, label: Any, row: dict[str, Any]) -> BaseModel:
         try:
             return self.record.model_validate(row)
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
             )
-            raise DataError(f"row {position} of the input: {problems}", row=position + 1) from None
+            raise DataError(
+                f"input row {label!r} (position {position}): {problems}", row=position + 1
+            ) from None
 
 
 def _load_pyfunc(path: str) -> EmmPyfuncModel:

@@ -87,6 +87,10 @@ def find_runs(
     )
 
 
+INTERRUPTED = ("RUNNING", "KILLED")
+ATTEMPT_TAGS = ("error", "resumed_after_epoch", "notes")
+
+
 def claim_run(
     client: MlflowClient,
     experiment_id: str,
@@ -94,22 +98,32 @@ def claim_run(
     run_name: str,
     *,
     extra_tags: Mapping[str, str] | None = None,
+    reopen: bool = True,
     reuse_finished: bool = False,
 ) -> str:
-    """Open (RUNNING) the one run that records the work `lookup` identifies.
+    """Open (RUNNING) the run that records the work `lookup` identifies.
 
-    A run an interrupted or failed attempt left behind (RUNNING, FAILED or KILLED, same
-    lookup tags) is reopened instead of adding another, so a rerun after a crash leaves
-    one run per piece of work; `reuse_finished` also reopens a FINISHED one (work that is
-    redone rather than skipped, such as an evaluation). Its earlier `emm.error` is cleared.
-    `extra_tags` (emm names, like `lookup`) describe the run without identifying it.
+    A run an interrupted attempt left behind (RUNNING or KILLED, same lookup tags) is
+    reopened instead of adding another, so a rerun after a killed driver leaves one run
+    per piece of work, and its training resumes from the checkpoints stored under the
+    run's id (`TrainJob.run_key`). A FAILED run stays the record of a failure: the
+    retry gets a new run, so it never resumes the failed attempt's state. `reopen=False`
+    (`--force`) always starts a new run; `reuse_finished` also reopens a FINISHED one
+    (work that is redone rather than skipped, such as an evaluation). The tags one
+    attempt sets (`ATTEMPT_TAGS`) are cleared on reopening. `extra_tags` (emm names,
+    like `lookup`) describe the run without identifying it.
+
+    Two drivers running the same work at the same time would share the run: emm-ray
+    assumes one driver per store and work at a time.
     """
-    for run in find_runs(client, experiment_id, lookup, status=None):
-        if reuse_finished or run.info.status != "FINISHED":
+    wanted = (*INTERRUPTED, "FINISHED") if reuse_finished else INTERRUPTED
+    for run in find_runs(client, experiment_id, lookup, status=None) if reopen else []:
+        if run.info.status in wanted:
             run_id = run.info.run_id
             client.update_run(run_id, status="RUNNING")
-            if tag("error") in run.data.tags:
-                client.delete_tag(run_id, tag("error"))
+            for name in ATTEMPT_TAGS:
+                if tag(name) in run.data.tags:
+                    client.delete_tag(run_id, tag(name))
             return run_id
     tags = {tag(k): v for k, v in {**(extra_tags or {}), **lookup}.items()}
     return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id

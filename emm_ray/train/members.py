@@ -124,16 +124,21 @@ def find_finished_member(
 
 
 def start_member_run(
-    client: MlflowClient, experiment_id: str, identity: MemberIdentity, resources: dict[str, Any]
+    client: MlflowClient,
+    experiment_id: str,
+    identity: MemberIdentity,
+    resources: dict[str, Any],
+    reopen: bool = True,
 ) -> str:
     """Open the member's run (RUNNING) with its params, before training starts; an
-    interrupted attempt's run is reopened (`claim_run`)."""
+    interrupted attempt's run is reopened unless `reopen` is off (`claim_run`)."""
     run_id = claim_run(
         client,
         experiment_id,
         identity.lookup_tags(),
         identity.name,
         extra_tags=identity.description_tags(),
+        reopen=reopen,
     )
     params = {
         "architecture": identity.architecture,

@@ -186,7 +186,9 @@ def train_pool(
                 if not capacity.admit(resources):
                     continue
                 queue.remove(item)
-                run_id = start_member_run(client, experiment_id, identity, resources.model_dump())
+                run_id = start_member_run(
+                    client, experiment_id, identity, resources.model_dump(), reopen=not force
+                )
                 job = TrainJob(
                     name=member.name,
                     module_factory=ZooModelFactory(

@@ -102,6 +102,9 @@ def run_search(
             "spec": spec.model_dump(mode="json"),
             "pool": dict(sorted(pool_runs.items())),
             "data": prepared.split_info["config_hash"],
+            # a restored search logs through the callback it was pickled with: a search
+            # recorded in another store or experiment is another search
+            "tracking": [tracking_uri, experiment],
         }
     )
     previous = None if force else _registered_search(client, model_name, digest)

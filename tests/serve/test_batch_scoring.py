@@ -131,3 +131,28 @@ def test_more_actors_than_the_cluster_holds_is_refused(
     job = _job(model, tmp_path / "rows.parquet", tmp_path / "scores", actors=2)
     with pytest.raises(ConfigError, match="2 actors x 1.0 CPU .* the Ray cluster has 2"):
         score_table(job.model_copy(update={"cpus_per_actor": 1.0}))
+
+
+def test_file_kinds_subfolders_and_empty_categories(
+    ray_cluster: None, model: RegisteredModel, tmp_path: Path
+) -> None:
+    """Spark-style `*.snappy.parquet` names are parquet; a folder with subfolders is
+    refused; an empty categorical value is refused naming the row, as Serve refuses it."""
+    rows = raw_rows(SCHEMA, count=6, seed=8)
+    (tmp_path / "in").mkdir()
+    pq.write_table(raw_table(rows), tmp_path / "in" / "part-0.snappy.parquet")
+    report = score_table(_job(model, tmp_path / "in", tmp_path / "scores"))
+    assert report.rows == 6
+    (tmp_path / "in" / "year=2026").mkdir()
+    with pytest.raises(DataError, match="subfolders"):
+        score_table(_job(model, tmp_path / "in", tmp_path / "other"))
+    table = raw_table(rows)
+    education = table.column("education").to_pylist()
+    education[3] = None
+    table = table.set_column(
+        table.schema.get_field_index("education"), "education", pa.array(education)
+    )
+    pq.write_table(table, tmp_path / "nulls.parquet")
+    with pytest.raises(DataError, match="'education' is empty in 1 rows, first at row_id 1003"):
+        score_table(_job(model, tmp_path / "nulls.parquet", tmp_path / "third"))
+    assert not (tmp_path / "third").exists(), "a failed job left scores behind"

@@ -84,7 +84,7 @@ def test_a_bad_value_is_refused_naming_the_row_and_field(
     model = registered[0]
     frame = as_frame(raw_rows(SCHEMA, count=3))
     frame.loc[2, "age"] = float("inf")
-    with pytest.raises(DataError, match="row 2 of the input: age"):
+    with pytest.raises(DataError, match=r"input row 2 \(position 2\): age"):
         load(model.uri, model.tracking_uri).predict(frame)
 
 

@@ -69,26 +69,31 @@ def test_params_flatten_and_digests_are_stable() -> None:
 
 
 def test_a_rerun_reopens_the_run_an_interrupted_attempt_left(tmp_path: Path) -> None:
-    """One run per piece of work: RUNNING/FAILED runs are reopened, FINISHED ones only
-    when asked (work that is redone), other work gets its own run."""
+    """One run per piece of work: a RUNNING (driver killed) run is reopened; a FAILED
+    one stays the record of its failure; FINISHED ones only when asked (redone work);
+    `reopen=False` (--force) always starts anew; other work gets its own run."""
     client = tracking_client(f"sqlite:///{tmp_path / 'runs.db'}")
     experiment = ensure_experiment(client, "claims")
     work = {"kind": "member", "spec_digest": "abc"}
     first = claim_run(client, experiment, work, "m", extra_tags={"task": "ctr"})
     log_params(client, first, {"lr": "0.1"})
-    client.set_tag(first, tag("error"), "killed")
-    client.set_terminated(first, "FAILED")
+    client.set_tag(first, tag("resumed_after_epoch"), "2")  # left by the killed attempt
 
     again = claim_run(client, experiment, work, "m")
     run = client.get_run(again)
     assert again == first and run.info.status == "RUNNING"
-    assert tag("error") not in run.data.tags and run.data.tags[tag("task")] == "ctr"
+    assert tag("resumed_after_epoch") not in run.data.tags
+    assert run.data.tags[tag("task")] == "ctr"
     log_params(client, again, {"lr": "0.1", "resources.cpu": "1"})  # no clash on rerun
     assert client.get_run(again).data.params == {"lr": "0.1", "resources.cpu": "1"}
+    assert claim_run(client, experiment, work, "m", reopen=False) != first
 
-    client.set_terminated(again, "FINISHED")
-    assert claim_run(client, experiment, work, "m", reuse_finished=True) == first
-    client.set_terminated(first, "FINISHED")
+    client.set_terminated(first, "FAILED")
+    retry = claim_run(client, experiment, work, "m")
+    assert retry != first and client.get_run(first).info.status == "FAILED"
+    client.set_terminated(retry, "FINISHED")
+    assert claim_run(client, experiment, work, "m", reuse_finished=True) == retry
+    client.set_terminated(retry, "FINISHED")
     fresh = claim_run(client, experiment, work, "m")
     other = claim_run(client, experiment, {**work, "spec_digest": "def"}, "m")
-    assert len({first, fresh, other}) == 3
+    assert len({first, retry, fresh, other}) == 4
