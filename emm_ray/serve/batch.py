@@ -38,7 +38,7 @@ from pydantic import Field
 from emm_ray.config import StrictModel
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.errors import ConfigError, DataError
-from emm_ray.serve.loading import load_registered, pin_version
+from emm_ray.serve.loading import load_and_pin, load_registered
 from emm_ray.serve.servable import Servable
 from emm_ray.serve.settings import ServeSettings
 
@@ -199,10 +199,9 @@ def score_table(job: ScoreJob) -> ScoreReport:
     import ray.data
 
     started = time.perf_counter()
-    settings = pin_version(ServeSettings(model_uri=job.model_uri, tracking_uri=job.tracking_uri))
-    settings = settings.model_copy(update={"tracking_uri": settings.resolved_tracking_uri()})
-    servable, description = load_registered(
-        settings.model_uri, settings.tracking_uri, settings.pinned_version
+    requested = ServeSettings(model_uri=job.model_uri, tracking_uri=job.tracking_uri)
+    settings, servable, description = load_and_pin(
+        requested.model_copy(update={"tracking_uri": requested.resolved_tracking_uri()})
     )
     needed = job.actors * job.cpus_per_actor + IO_TASK["num_cpus"]
     available = float(ray.cluster_resources().get("CPU", 0.0))

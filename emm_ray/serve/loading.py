@@ -124,7 +124,13 @@ def pin_version(settings: ServeSettings) -> ServeSettings:
     missing artifact) raises here and never replaces the version being served, and every
     replica, including one Serve restarts after a crash, loads the same verified version.
     """
-    _, description = load_registered(
+    return load_and_pin(settings)[0]
+
+
+def load_and_pin(settings: ServeSettings) -> tuple[ServeSettings, Servable, ModelDescription]:
+    """`pin_version`, keeping the model it loaded for a caller that scores with it too."""
+    servable, description = load_registered(
         settings.model_uri, settings.tracking_uri, settings.pinned_version
     )
-    return settings.model_copy(update={"pinned_version": description.version})
+    pinned = settings.model_copy(update={"pinned_version": description.version})
+    return pinned, servable, description
