@@ -6,6 +6,7 @@ imported (before any `import ray` in our code) and passed to workers via the run
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -20,6 +21,9 @@ RAY_ENV: dict[str, str] = {
     # members' workers importing torch at once take longer, and each restart adds load.
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
 }
+
+FORWARDED_PREFIXES = ("MLFLOW_", "AWS_", "EMM_")
+JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a submitted job's driver
 
 
 def configure_environment() -> None:
@@ -39,7 +43,13 @@ def init_ray(num_cpus: int | None = None, object_store_memory: int | None = None
     configure_environment()
     if ray.is_initialized():
         return
-    runtime_env = {"env_vars": {k: os.environ[k] for k in RAY_ENV}}
+    # A submitted job's own runtime env already reaches every worker; Ray refuses a
+    # driver's that names the same variables again.
+    submitted = json.loads(os.environ.get(JOB_CONFIG_VARIABLE, "{}"))
+    already = set((submitted.get("runtime_env") or {}).get("env_vars") or {})
+    runtime_env = {
+        "env_vars": {k: v for k, v in os.environ.items() if _forwarded(k) and k not in already}
+    }
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=runtime_env, log_to_driver=True)
         return
@@ -51,6 +61,13 @@ def init_ray(num_cpus: int | None = None, object_store_memory: int | None = None
         runtime_env=runtime_env,
         _node_ip_address="127.0.0.1",
     )
+
+
+def _forwarded(key: str) -> bool:
+    """Variables every worker needs as the driver has them: Ray's own, and where the
+    tracking server, the object store and the node cache are (`MLFLOW_*`, `AWS_*`,
+    `EMM_*`)."""
+    return key in RAY_ENV or key.startswith(FORWARDED_PREFIXES)
 
 
 def best_device() -> torch.device:

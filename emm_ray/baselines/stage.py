@@ -31,6 +31,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from pydantic import Field, model_validator
 
+from emm_ray import storage
 from emm_ray.baselines import BASELINES, MultiTaskBaseline, build_baseline, labels_are_nested
 from emm_ray.baselines.common import parse_hyperparameters
 from emm_ray.config import StrictModel
@@ -49,6 +50,7 @@ from emm_ray.tracking.store import (
     log_params,
     spec_digest,
     tag,
+    tag_nodes,
     tag_resumed,
     tracking_client,
 )
@@ -226,10 +228,10 @@ def train_baselines(
             job = TrainJob(
                 name=f"baseline-{item.name}",
                 module_factory=BaselineFactory(item.name, tasks, item.hparams),
-                data_dir=str(prepared.path),
+                data_dir=prepared.location,
                 tasks=tasks,
                 config=spec.train,
-                storage_path=str(Path(storage_path).resolve()),
+                storage_path=storage.resolve(storage_path),
                 run_key=run_id,
                 resources=spec.resources,
                 data_mode=spec.data_mode,
@@ -321,6 +323,7 @@ def _finish_run(
         save_module_artifact(directory, outcome.state_dict, manifest, prepared.schema)
         client.log_artifacts(run_id, directory, MODEL_ARTIFACT_PATH)
     tag_resumed(client, run_id, outcome.resumed_after_epoch)
+    tag_nodes(client, run_id, outcome.nodes)
     client.set_terminated(run_id, "FINISHED")
     logger.info("%s: val AUC %.4f in %.1f s", item.name, outcome.best_score, outcome.wall_seconds)
     return BaselineRun(item.name, run_id, "trained", outcome.best_score, outcome.wall_seconds)

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from emm_ray import storage
 from emm_ray.data.batch import Batch, BatchCollator
 from emm_ray.data.prepare import ROW_ID, PreparedDataset
 from emm_ray.data.schema import FeatureSchema
@@ -129,9 +130,7 @@ def audit_split(
         scaling_config=ScalingConfig(
             num_workers=num_workers, resources_per_worker={"CPU": cpus_per_worker}
         ),
-        run_config=RunConfig(
-            name=f"audit-{split}", storage_path=str(Path(storage_path).absolute())
-        ),
+        run_config=RunConfig(name=f"audit-{split}", storage_path=storage.resolve(storage_path)),
         datasets={DATASET_NAME: read_split(prepared_dir, split, with_row_id=True)},
     )
     result = trainer.fit()

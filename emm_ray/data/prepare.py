@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
+from emm_ray import storage
 from emm_ray.config import StrictModel
 from emm_ray.data.adapters import Adapter, data_dir, get_adapter
 from emm_ray.data.layout import DatasetLayout
@@ -127,15 +128,24 @@ class DatasetConfig(StrictModel):
 
 @dataclass(frozen=True)
 class PreparedDataset:
-    """A prepared directory: its schema and its split record (`split.json`)."""
+    """A prepared directory: its schema and its split record (`split.json`).
+
+    `location` is where the dataset lives for every process (an absolute path, or an
+    object store URI on a cluster); `path` is a copy this process reads, the location
+    itself when that is local, else this node's verified copy (`_node_copy`). Hand
+    `location`, never `path`, to work that may run on another node.
+    """
 
     path: Path
     schema: FeatureSchema
     split_info: dict[str, Any]
+    location: str = ""
 
     @classmethod
-    def load(cls, path: str | Path) -> PreparedDataset:
-        path = Path(path).absolute()  # Ray workers run elsewhere: they need absolute paths
+    def load(cls, location: str | Path) -> PreparedDataset:
+        if storage.is_remote(location):
+            return _node_copy(storage.resolve(location))
+        path = Path(location).absolute()  # Ray workers run elsewhere: they need absolute paths
         if not (path / SPLIT_FILE).is_file():
             raise DataError(f"not a prepared dataset (no {SPLIT_FILE}); run prepare first", path)
         info = json.loads((path / SPLIT_FILE).read_text())
@@ -148,7 +158,12 @@ class PreparedDataset:
                 "schema; prepare the data again",
                 path / SCHEMA_FILE,
             )
-        return cls(path, schema, info)
+        return cls(path, schema, info, str(path))
+
+    def split_location(self, split: str) -> str:
+        """Where the split's shards live for every process (readers on other nodes)."""
+        self.split_dir(split)
+        return storage.join(self.location, split)
 
     def split_dir(self, split: str) -> Path:
         if split not in SPLITS:
@@ -222,11 +237,14 @@ class _Source:
 def prepare_dataset(
     config: DatasetConfig, output_dir: str | Path, *, overwrite: bool = False
 ) -> PreparedDataset:
-    """Prepare `config`'s data into `output_dir`, or reuse it if already prepared so."""
-    output_dir = Path(output_dir).absolute()
+    """Prepare `config`'s data into `output_dir` (a directory, or an object store URI),
+    or reuse it if already prepared so."""
     files = config.raw_files()
     checksums = {role: _sha256(path) for role, path in files.items()}
     config_hash = _config_hash(config, files, checksums)
+    if storage.is_remote(output_dir):
+        return _prepare_remote(config, storage.resolve(output_dir), config_hash, overwrite)
+    output_dir = Path(output_dir).absolute()
     if (output_dir / SPLIT_FILE).is_file():
         existing = PreparedDataset.load(output_dir)
         if existing.split_info.get("config_hash") == config_hash:
@@ -263,6 +281,68 @@ def prepare_dataset(
         return _publish(staging, output_dir, config_hash)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _prepare_remote(
+    config: DatasetConfig, location: str, config_hash: str, overwrite: bool
+) -> PreparedDataset:
+    """Prepare on this node's disk, then upload: the shards and the schema first,
+    `split.json` last, so a reader never sees a dataset whose upload did not finish."""
+    recorded = storage.read_bytes(storage.join(location, SPLIT_FILE))
+    if recorded is not None:
+        existing_hash = json.loads(recorded).get("config_hash")
+        if existing_hash == config_hash:
+            return PreparedDataset.load(location)
+        if not overwrite:
+            raise ConfigError(
+                f"{location} holds data prepared from another config or other source files "
+                f"(config hash {existing_hash}, now {config_hash}); choose another location "
+                "or pass overwrite=True"
+            )
+    elif storage.files_under(location):
+        raise ConfigError(f"{location} exists and is not a prepared dataset; refusing to write")
+    storage.delete_dir(location)
+    local = prepare_dataset(config, storage.node_cache("prepared", config_hash))
+    for split in SPLITS:
+        storage.upload(local.split_dir(split), storage.join(location, split))
+    for name in (SCHEMA_FILE, SPLIT_FILE):
+        storage.write_bytes(storage.join(location, name), (local.path / name).read_bytes())
+    return replace(local, location=location)
+
+
+def _node_copy(location: str) -> PreparedDataset:
+    """This node's copy of the dataset at `location`: downloaded once per node (and per
+    prepared config), every shard's sha256 checked against `split.json` before use."""
+    recorded = storage.read_bytes(storage.join(location, SPLIT_FILE))
+    if recorded is None:
+        raise DataError(f"not a prepared dataset (no {SPLIT_FILE}); run prepare first", location)
+    copy = storage.node_cache("prepared", json.loads(recorded)["config_hash"])
+
+    def current() -> bool:
+        return (copy / SPLIT_FILE).is_file() and (copy / SPLIT_FILE).read_bytes() == recorded
+
+    if not current():
+        staging = copy.with_name(f".{copy.name}.tmp-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            for split in SPLITS:
+                storage.download(storage.join(location, split), staging / split)
+            schema = storage.read_bytes(storage.join(location, SCHEMA_FILE))
+            if schema is None:
+                raise DataError(f"prepared dataset without {SCHEMA_FILE}", location)
+            (staging / SCHEMA_FILE).write_bytes(schema)
+            (staging / SPLIT_FILE).write_bytes(recorded)
+            for split in SPLITS:
+                PreparedDataset.load(staging).checked_shards(split)
+            if not current():  # else another process of this node got there first
+                shutil.rmtree(copy, ignore_errors=True)  # a copy of an older upload
+                staging.rename(copy)
+        except OSError:
+            if not current():
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return replace(PreparedDataset.load(copy), location=location)
 
 
 def _publish(staging: Path, output_dir: Path, config_hash: str) -> PreparedDataset:

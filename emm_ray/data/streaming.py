@@ -44,7 +44,7 @@ def read_split(
     prepared = PreparedDataset.load(prepared_dir)
     prepared.checked_shards(split)
     return read_parquet_columns(
-        prepared.split_dir(split), split_columns(prepared.schema, with_row_id)
+        prepared.split_location(split), split_columns(prepared.schema, with_row_id)
     )
 
 

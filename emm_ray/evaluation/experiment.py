@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from emm_ray.baselines.stage import BaselineSpec
 from emm_ray.config import StrictModel, load_yaml_config
 from emm_ray.data.prepare import DatasetConfig, PreparedDataset, prepare_dataset
@@ -20,8 +22,16 @@ class ExperimentConfig(StrictModel):
     """Data, where it is prepared, and the fuse / baselines / evaluate settings."""
 
     data: DatasetConfig = DatasetConfig()
-    prepared_dir: Path = Path("prepared/default")
-    storage: Path = Path("ray_results")
+    prepared_dir: str = Field(
+        "prepared/default",
+        description="where prepared data lives: a directory, or an object store URI "
+        "(s3://bucket/prefix) that every node of a cluster reads",
+    )
+    storage: str = Field(
+        "ray_results",
+        description="Ray Train / Tune checkpoints: a directory, or an object store URI on a "
+        "cluster",
+    )
     fuse: FuseSpec = FuseSpec()
     baselines: BaselineSpec = BaselineSpec()
     evaluate: EvaluateSpec = EvaluateSpec()

@@ -28,6 +28,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from pydantic import Field
 
+from emm_ray import storage
 from emm_ray.checksum import parameter_checksum
 from emm_ray.config import StrictModel
 from emm_ray.data.prepare import PreparedDataset
@@ -55,6 +56,7 @@ from emm_ray.tracking.store import (
     log_params,
     spec_digest,
     tag,
+    tag_nodes,
     tag_resumed,
     tracking_client,
 )
@@ -366,10 +368,10 @@ def _train_and_log(
         job = TrainJob(
             name=f"fuse-{spec.name}",
             module_factory=factory,
-            data_dir=str(prepared.path),
+            data_dir=prepared.location,
             tasks=tasks,
             config=spec.fit_config,
-            storage_path=str(Path(storage_path).resolve()),
+            storage_path=storage.resolve(storage_path),
             run_key=run_id,
             resources=spec.resources,
             data_mode=spec.data_mode,
@@ -438,4 +440,5 @@ def _log_outcome(
         client.log_artifacts(run_id, directory, MODEL_ARTIFACT_PATH)
     client.set_tag(run_id, tag("parameter_checksum"), manifest.parameter_checksum)
     tag_resumed(client, run_id, outcome.resumed_after_epoch)
+    tag_nodes(client, run_id, outcome.nodes)
     return manifest

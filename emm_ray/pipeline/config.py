@@ -15,6 +15,7 @@ from emm_ray.config import StrictModel, load_yaml_config
 from emm_ray.data.prepare import DatasetConfig
 from emm_ray.errors import ConfigError
 from emm_ray.evaluation.experiment import ExperimentConfig
+from emm_ray.serve.settings import ProxyLocation
 from emm_ray.train.pool_spec import PoolSpec, load_pool_spec
 from emm_ray.tune.space import TuneSpec, load_tune_spec
 
@@ -40,6 +41,17 @@ class ServeSection(StrictModel):
     port: int = Field(8321, ge=1, le=65535)
     num_replicas: int = Field(1, ge=1)
     num_cpus: float = Field(0.5, gt=0)
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, description="1 puts every replica on its own node (survives a node loss)"
+    )
+    proxy_location: ProxyLocation = Field(
+        "EveryNode",
+        description="where Serve runs HTTP proxies: EveryNode (behind a load balancer) or "
+        "HeadOnly (one entry point; also for several nodes simulated on one machine, "
+        "whose proxies would share one port). With HeadOnly, start the cluster with "
+        "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING=0, or the proxy sends every request to "
+        "the head's own replica",
+    )
     max_batch_size: int = Field(256, ge=1)
     max_records_per_request: int = Field(256, ge=1)
     keep_alive: bool = Field(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from emm_ray import storage
 from emm_ray.baselines.stage import train_baselines
 from emm_ray.data.prepare import PreparedDataset
 from emm_ray.data.streaming import load_split
@@ -101,7 +102,7 @@ class Pipeline:
         self.config = config
         self.force = force
         self.summary = RunSummary(output_dir=output_dir)
-        self.storage = config.storage.resolve()
+        self.storage = storage.resolve(config.storage)
         self.prepared: PreparedDataset | None = None
         self.pool: PoolReport | None = None
         self.fused: FuseResult | None = None
@@ -175,7 +176,7 @@ class Pipeline:
         pool = self._require(self.pool, "tune", "pool")
         self.search = run_search(
             self.config.tune_spec(),
-            data_dir=prepared.path,
+            data_dir=prepared.location,
             pool_runs=pool.run_ids(),
             model_name=self.config.model_name,
             storage_path=self.storage,
@@ -205,7 +206,7 @@ class Pipeline:
         result = run_evaluation(
             run_id,
             self.summary.output_dir,
-            prepared=prepared.path,
+            prepared=prepared.location,
             baseline_runs=self.baseline_runs,
             spec=self.config.evaluate,
         )
@@ -255,6 +256,8 @@ class Pipeline:
             port=serve.port,
             num_replicas=serve.num_replicas,
             num_cpus=serve.num_cpus,
+            max_replicas_per_node=serve.max_replicas_per_node,
+            proxy_location=serve.proxy_location,
         )
         self.summary.serving_url = url
         servable, _ = load_registered(model_uri, settings.resolved_tracking_uri())

@@ -58,9 +58,16 @@ class ErrorResponse(BaseModel):
 
 
 def build_api(
-    servable: Servable, description: ModelDescription, settings: ServeSettings, forward: Forward
+    servable: Servable,
+    description: ModelDescription,
+    settings: ServeSettings,
+    forward: Forward,
+    served_by: dict[str, str] | None = None,
 ) -> FastAPI:
-    """A FastAPI app scoring raw records with `forward` (the replica's batched model call)."""
+    """A FastAPI app scoring raw records with `forward` (the replica's batched model call).
+
+    `served_by` (the replica and its Ray node) is reported by `/healthz`, so an operator
+    sees which replica answered and where it runs."""
     schema = servable.schema
     encode_records = RecordEncoder(schema)
     model_json = description.model_dump(mode="json")
@@ -82,7 +89,8 @@ def build_api(
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         """Liveness and what is being served."""
-        return {"status": "ok", "model": description.model_dump()}
+        answer = {"status": "ok", "model": description.model_dump()}
+        return {**answer, "served_by": served_by} if served_by else answer
 
     @app.post(
         "/predict",

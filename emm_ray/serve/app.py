@@ -26,7 +26,7 @@ from ray.serve import Application
 from emm_ray.serve.api import build_api
 from emm_ray.serve.loading import load_registered, pin_version
 from emm_ray.serve.records import EncodedRecords
-from emm_ray.serve.settings import ServeSettings, parse_settings
+from emm_ray.serve.settings import ProxyLocation, ServeSettings, parse_settings
 
 DEPLOYMENT_NAME = "EmmPredictor"
 
@@ -49,7 +49,13 @@ class EmmPredictor:
         self.forward.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self.servable, self.description, self.settings, self.forward)
+        import ray
+
+        served_by = {
+            "replica": serve.get_replica_context().replica_id.unique_id,
+            "node": ray.get_runtime_context().get_node_id(),
+        }
+        return build_api(self.servable, self.description, self.settings, self.forward, served_by)
 
     # The limits given here are replaced per replica from `ServeSettings` in `__init__`.
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005, batch_size_fn=_records)
@@ -76,6 +82,8 @@ def deploy(
     port: int = 8000,
     num_replicas: int = 1,
     num_cpus: float = 1.0,
+    max_replicas_per_node: int | None = None,
+    proxy_location: ProxyLocation = "EveryNode",
     access_log: bool = True,
 ) -> str:
     """Run the application on the connected Ray cluster; returns its base URL.
@@ -90,9 +98,10 @@ def deploy(
     settings = pin_version(
         settings.model_copy(update={"tracking_uri": settings.resolved_tracking_uri()})
     )
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(proxy_location=proxy_location, http_options={"host": host, "port": port})
     application = EmmPredictor.options(
         num_replicas=num_replicas,
+        max_replicas_per_node=max_replicas_per_node,
         ray_actor_options={"num_cpus": num_cpus},
         logging_config={"enable_access_log": access_log},
     ).bind(settings)

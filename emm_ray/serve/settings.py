@@ -23,6 +23,10 @@ MODEL_URI = re.compile(
 )
 
 
+# Where Serve runs its HTTP proxies (`serve.start(proxy_location=...)`).
+ProxyLocation = Literal["EveryNode", "HeadOnly"]
+
+
 class ServeSettings(StrictModel):
     """Model reference and request limits of one serving application."""
 

@@ -136,6 +136,13 @@ def tag_resumed(client: MlflowClient, run_id: str, resumed_after_epoch: int) -> 
         client.set_tag(run_id, tag("resumed_after_epoch"), str(resumed_after_epoch))
 
 
+def tag_nodes(client: MlflowClient, run_id: str, nodes: tuple[str, ...]) -> None:
+    """Record the Ray node each training worker ran on (`emm.nodes`, by rank), so where
+    a run was placed on a cluster can be read back."""
+    if nodes:
+        client.set_tag(run_id, tag("nodes"), ",".join(nodes))
+
+
 def _literal(value: str) -> str:
     """A filter-string literal: MLflow has no escapes, so pick a quote the value lacks."""
     value = str(value)

@@ -38,6 +38,7 @@ from emm_ray.tracking.store import (
     log_params,
     spec_digest,
     tag,
+    tag_nodes,
     tag_resumed,
     tracking_client,
 )
@@ -191,6 +192,7 @@ def finish_member_run(
         client.log_artifacts(run_id, directory, MODEL_ARTIFACT_PATH)
     client.set_tag(run_id, tag("parameter_checksum"), manifest.parameter_checksum)
     tag_resumed(client, run_id, outcome.resumed_after_epoch)
+    tag_nodes(client, run_id, outcome.nodes)
     if outcome.notes:
         client.set_tag(run_id, tag("notes"), "\n".join(outcome.notes)[:5000])
     client.set_terminated(run_id, "FINISHED")

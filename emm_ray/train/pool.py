@@ -26,6 +26,7 @@ from typing import Literal
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from emm_ray import storage
 from emm_ray.data.prepare import PreparedDataset
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.errors import ConfigError
@@ -143,7 +144,7 @@ def train_pool(
     fingerprint = str(prepared.split_info["config_hash"])
     client = tracking_client(tracking_uri)
     experiment_id = ensure_experiment(client, spec.experiment)
-    storage = str(Path(storage_path).resolve())
+    storage_location = storage.resolve(storage_path)
 
     results: dict[str, MemberResult] = {}
     queue: list[tuple[MemberSpec, MemberIdentity, WorkerResources, list[str]]] = []
@@ -194,10 +195,10 @@ def train_pool(
                     module_factory=ZooModelFactory(
                         member.architecture, member.task, identity.hparams
                     ),
-                    data_dir=str(prepared.path),
+                    data_dir=prepared.location,
                     tasks=(member.task,),
                     config=identity.train,
-                    storage_path=storage,
+                    storage_path=storage_location,
                     run_key=run_id,
                     resources=resources,
                     data_mode=spec.data_mode,

@@ -7,29 +7,29 @@ streams gets the narrow ones (`EMMModel.stored_names`: the members' logits, so n
 runs a member end to end) here, once for all runs: Ray Data reads the split, an actor pool whose
 actors each build the module once (`map_batches`) adds the features as columns
 `cached.<name>`, and the result is written as parquet under
-`<prepared>/precomputed/<key>/<split>/`. `key` is the module's `precompute_key()` (the
-frozen pool's checksum and the feature names), so a changed pool never reads stale
-columns and an unchanged one reuses them in every later run. A split is complete once
-its `_SUCCESS.json` (written last, with the row count) exists; anything else in its
-directory is a crashed attempt and is replaced.
+`<prepared location>/precomputed/<key>/<split>/` (in the object store on a cluster).
+`key` is the module's `precompute_key()` (the frozen pool's checksum and the feature
+names), so a changed pool never reads stale columns and an unchanged one reuses them in
+every later run. A split is complete once its `_SUCCESS.json` (written last, with the
+row count) exists; anything else in its directory is a crashed attempt and is replaced.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from emm_ray import storage
 from emm_ray.data.batch import CACHED_PREFIX, BatchCollator
+from emm_ray.data.prepare import PreparedDataset
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.errors import DataError
 
@@ -46,8 +46,8 @@ class PrecomputedSplits:
     directory: str
     features: tuple[str, ...]
 
-    def split_dir(self, split: str) -> Path:
-        return Path(self.directory) / split
+    def split_dir(self, split: str) -> str:
+        return storage.join(self.directory, split)
 
     def columns(self, schema: FeatureSchema) -> list[str]:
         from emm_ray.data.streaming import split_columns
@@ -62,7 +62,7 @@ class FeatureActor:
         self, module_factory: Any, data_dir: str, features: Sequence[str], threads: int
     ) -> None:
         torch.set_num_threads(threads)
-        schema = FeatureSchema.load(data_dir)
+        schema = PreparedDataset.load(data_dir).schema
         self.module = module_factory(schema).eval()
         self.collate = BatchCollator(schema)
         self.features = tuple(features)
@@ -95,14 +95,14 @@ def precompute_splits(
 
     from emm_ray.data.streaming import read_split
 
-    stored = PrecomputedSplits(str(Path(data_dir) / "precomputed" / key), tuple(features))
+    prepared = PreparedDataset.load(data_dir)
+    stored = PrecomputedSplits(storage.join(prepared.location, "precomputed", key), tuple(features))
     for split in splits:
         target = stored.split_dir(split)
-        if (target / SUCCESS_FILE).is_file():
+        if storage.read_bytes(storage.join(target, SUCCESS_FILE)) is not None:
             logger.info("precomputed %s features of %s: reusing %s", split, key, target)
             continue
-        if target.exists():
-            shutil.rmtree(target)  # an attempt that did not finish
+        storage.delete_dir(target)  # an attempt that did not finish
         started = time.perf_counter()
         source = read_split(data_dir, split, with_row_id=True)
         source.map_batches(
@@ -117,10 +117,11 @@ def precompute_splits(
             batch_format="numpy",
             compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
             num_cpus=cpus_per_actor,
-        ).write_parquet(str(target))
-        rows = _check_written(target, data_dir, split, stored.features)
-        (target / SUCCESS_FILE).write_text(
-            json.dumps({"key": key, "rows": rows, "features": list(stored.features)})
+        ).write_parquet(target)
+        rows = _check_written(target, prepared.num_rows(split), split, stored.features)
+        storage.write_bytes(
+            storage.join(target, SUCCESS_FILE),
+            json.dumps({"key": key, "rows": rows, "features": list(stored.features)}).encode(),
         )
         logger.info(
             "precomputed %s features of %s: %d rows in %.1f s -> %s",
@@ -133,20 +134,21 @@ def precompute_splits(
     return stored
 
 
-def _check_written(target: Path, data_dir: str, split: str, features: tuple[str, ...]) -> int:
+def _check_written(target: str, expected: int, split: str, features: tuple[str, ...]) -> int:
     """Rows written; refuses output whose rows or columns do not match the split."""
-    from emm_ray.data.prepare import PreparedDataset
-
-    files = sorted(target.glob("*.parquet"))
-    source_files = sorted(PreparedDataset.load(data_dir).split_dir(split).rglob("*.parquet"))
-    written = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    expected = sum(pq.ParquetFile(f).metadata.num_rows for f in source_files)
+    fs, _ = storage.filesystem(target)
+    files = sorted(i.path for i in storage.files_under(target) if i.path.endswith(".parquet"))
+    footers = []
+    for path in files:
+        with fs.open_input_file(path) as handle:
+            footers.append(pq.ParquetFile(handle).metadata)
+    written = sum(footer.num_rows for footer in footers)
     if written != expected:
         raise DataError(
             f"precomputing {split} wrote {written} rows to {target}, the split has {expected}"
         )
-    if files:
-        present = set(pq.ParquetFile(files[0]).schema_arrow.names)
+    if footers:
+        present = set(footers[0].schema.to_arrow_schema().names)
         missing = [n for n in features if CACHED_PREFIX + n not in present]
         if missing:
             raise DataError(f"precomputed {split} in {target} lacks features {missing}")

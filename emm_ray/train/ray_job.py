@@ -29,15 +29,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import pyarrow.parquet as pq
 import torch
 from pydantic import Field
 from torch import nn
 
+from emm_ray import storage
 from emm_ray.config import StrictModel
 from emm_ray.data.batch import Batch
+from emm_ray.data.prepare import PreparedDataset
 from emm_ray.data.schema import FeatureSchema
-from emm_ray.errors import EmmError
+from emm_ray.data.streaming import load_schema
 from emm_ray.train.loop import (
     EpochEnd,
     IterableBatches,
@@ -110,6 +111,7 @@ class TrainOutcome:
     notes: list[str] = field(default_factory=list)
     initial_metrics: dict[str, float] | None = None
     resumed_after_epoch: int = 0  # > 0: a process died and the run went on from that epoch
+    nodes: tuple[str, ...] = ()  # the Ray node of each worker, by rank (placement records)
 
     @property
     def best_score(self) -> float:
@@ -165,7 +167,7 @@ def fit_in_process(
     started = time.perf_counter()
     device = torch.device("cuda" if job.resources.gpu > 0 and torch.cuda.is_available() else "cpu")
     torch.set_num_threads(job.config.num_threads or max(1, int(job.resources.cpu)))
-    schema = FeatureSchema.load(job.data_dir)
+    schema = load_schema(job.data_dir)
     seed_everything(job.config.seed)
     module = job.module_factory(schema).to(device)
     train, validation = _memory_sources(job, 0, 1, device)
@@ -190,7 +192,15 @@ def fit_in_process(
         wall_seconds=time.perf_counter() - started,
         run_path="",
         initial_metrics=result.initial_metrics,
+        nodes=(current_node(),),
     )
+
+
+def current_node() -> str:
+    """The id of the Ray node this process runs on (`local` outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
 def cluster_gpus() -> float:
@@ -249,7 +259,8 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
         callbacks=list(callbacks),
     )
     started = time.perf_counter()
-    resume_from = _latest_checkpoint(Path(job.storage_path) / run_name) if job.run_key else None
+    run_location = storage.join(job.storage_path, run_name)
+    resume_from = _latest_checkpoint(run_location) if job.run_key else None
     if resume_from:
         logger.warning("%s: going on from the interrupted run's %s", job.name, resume_from)
     for attempt in range(job.max_failures + 1):
@@ -276,7 +287,7 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
         except Exception as error:
             if attempt == job.max_failures or not lost_a_process(error):
                 raise
-            resume_from = _latest_checkpoint(Path(job.storage_path) / run_name) or resume_from
+            resume_from = _latest_checkpoint(run_location) or resume_from
             logger.warning(
                 "%s: a training process died (%s); restarting from the last checkpoint "
                 "(restart %d of %d)",
@@ -302,20 +313,29 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
         notes=[note] if note else [],
         initial_metrics=returned["initial_metrics"],
         resumed_after_epoch=returned["resumed_after_epoch"],
+        nodes=tuple(returned["nodes"]),
     )
 
 
-def _latest_checkpoint(run_dir: Path) -> str | None:
-    """The newest complete checkpoint directory a Train run wrote (`None` if none yet).
+def _latest_checkpoint(run_location: str) -> str | None:
+    """The newest complete checkpoint a Train run wrote (`None` if none yet): a
+    directory, or a URI when the run stores to an object store.
 
     Complete: it holds the resume file (a process killed while a checkpoint was being
     written leaves one without it). A restarted run is handed it through its loop
     config: Train v2 neither restores a failed run built anew under the same name nor
-    takes `resume_from_checkpoint`. Local storage paths only; a run on remote storage
-    restarts from scratch.
+    takes `resume_from_checkpoint`.
     """
-    written = sorted(run_dir.glob(f"checkpoint_*/{RESUME_FILE}"), key=lambda p: p.stat().st_mtime)
-    return str(written[-1].parent) if written else None
+    written = [
+        info
+        for info in storage.files_under(run_location)
+        if info.base_name == RESUME_FILE and info.path.rsplit("/", 2)[-2].startswith("checkpoint_")
+    ]
+    if not written:
+        return None
+    newest = max(written, key=lambda info: info.mtime_ns or 0)
+    fs, _ = storage.filesystem(run_location)
+    return storage.uri_of(fs, newest.path.rsplit("/", 1)[0], run_location)
 
 
 def lost_a_process(error: BaseException) -> bool:
@@ -353,7 +373,7 @@ def _precomputed_datasets(job: TrainJob) -> tuple[dict[str, Any], tuple[str, ...
         actors=job.resources.num_workers,
         cpus_per_actor=job.resources.cpu,
     )
-    schema = FeatureSchema.load(job.data_dir)
+    schema = load_schema(job.data_dir)
     datasets = {
         split: read_parquet_columns(stored.split_dir(split), stored.columns(schema))
         for split in ("train", "validation")
@@ -365,19 +385,11 @@ def resolve_data_mode(data_dir: str, data_mode: DataMode) -> Literal["memory", "
     """`memory` when the decoded training split fits comfortably, else `stream`."""
     if data_mode != "auto":
         return data_mode
-    schema = FeatureSchema.load(data_dir)
-    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in _parquet_files(data_dir, "train"))
+    prepared = PreparedDataset.load(data_dir)
+    schema = prepared.schema
+    rows = prepared.num_rows("train")
     row_bytes = 8 * len(schema.sparse) + 4 * (len(schema.dense) + len(schema.tasks))
     return "memory" if rows * row_bytes < MEMORY_LIMIT_BYTES else "stream"
-
-
-def _parquet_files(data_dir: str, split: str) -> list[Path]:
-    files = sorted((Path(data_dir) / split).rglob("*.parquet"))
-    if not files:
-        raise EmmError(
-            f"no parquet files under {Path(data_dir) / split}: is it a prepared dataset?"
-        )
-    return files
 
 
 def _train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
@@ -391,7 +403,7 @@ def _train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     device = ray.train.torch.get_device()
     torch.set_num_threads(job.config.num_threads or max(1, int(job.resources.cpu)))
 
-    schema = FeatureSchema.load(job.data_dir)
+    schema = load_schema(job.data_dir)
     task_indices = [schema.task_index(t) for t in job.tasks]
     seed_everything(job.config.seed)
     module = job.module_factory(schema).to(device)
@@ -405,7 +417,7 @@ def _train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     resume = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and loop_config.get("resume_from"):
-        checkpoint = ray.train.Checkpoint.from_directory(loop_config["resume_from"])
+        checkpoint = ray.train.Checkpoint(loop_config["resume_from"])
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             resume = torch.load(
@@ -432,6 +444,10 @@ def _train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         on_epoch=report,
         resume=resume,
     )
+    nodes = [current_node()]
+    if world > 1:
+        nodes = [""] * world
+        torch.distributed.all_gather_object(nodes, current_node())
     if rank != 0:
         return None
     weights = io.BytesIO()  # Ray Train refuses tensors in return values; bytes travel fine
@@ -444,6 +460,7 @@ def _train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         "stopped_early": result.stopped_early,
         "device": str(device),
         "resumed_after_epoch": int(resume["fit"]["epoch"]) if resume else 0,
+        "nodes": nodes,
     }
 
 

@@ -27,11 +27,11 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from emm_ray import storage
 from emm_ray.baselines import BASELINES, build_baseline
 from emm_ray.baselines.common import parse_hyperparameters
 from emm_ray.config import StrictModel, load_yaml_config
-from emm_ray.data.schema import FeatureSchema
-from emm_ray.data.streaming import load_split
+from emm_ray.data.streaming import load_schema, load_split
 from emm_ray.errors import ConfigError, EmmError
 from emm_ray.train.loop import EpochEnd, TensorBatches, TrainConfig, fit, seed_everything
 from emm_ray.tune.space import AshaSettings, Choice, Option, Scalar
@@ -123,7 +123,7 @@ class TrialContext:
 
 def baseline_trial(config: dict[str, Any], context: TrialContext) -> None:
     """One Tune trial: train the sampled baseline, report mean validation AUC per epoch."""
-    schema = FeatureSchema.load(context.data_dir)
+    schema = load_schema(context.data_dir)
     train_data = load_split(context.data_dir, "train")
     validation = load_split(context.data_dir, "validation")
     hparams = trial_hparams(context.name, config, context.fixed)
@@ -177,7 +177,7 @@ def search_baseline(
         seed=spec.seed,
         num_threads=threads,
     )
-    context = TrialContext(name, str(Path(data_dir).resolve()), dict(fixed or {}), train)
+    context = TrialContext(name, storage.resolve(data_dir), dict(fixed or {}), train)
     tuner = tune.Tuner(
         tune.with_resources(
             tune.with_parameters(baseline_trial, context=context), {"CPU": threads}
@@ -199,7 +199,7 @@ def search_baseline(
         ),
         run_config=tune.RunConfig(
             name=f"baseline-search-{name}",
-            storage_path=str(Path(storage_path).resolve()),
+            storage_path=storage.resolve(storage_path),
             verbose=0,
         ),
     )

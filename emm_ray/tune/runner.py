@@ -33,6 +33,7 @@ from ray.tune import Result
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from emm_ray import storage
 from emm_ray.data.prepare import PreparedDataset
 from emm_ray.errors import EmmError
 from emm_ray.tracking.store import resolve_tracking_uri, spec_digest, tag, tracking_client
@@ -116,20 +117,21 @@ def run_search(
     # state and finishes its unfinished trials; --force starts a new one.
     search_id = uuid.uuid4().hex[:8] if force else digest[:8]
     context = SearchContext(
-        data_dir=str(prepared.path.resolve()),
+        data_dir=prepared.location,
         pool=load_pool(pool_runs, prepared.path, tracking_uri),
         trial=spec.trial,
         epochs=spec.asha.max_t,
-        storage_path=str(Path(storage_path).resolve() / "trials"),
+        storage_path=storage.join(storage.resolve(storage_path), "trials"),
     )
     trainable = tune.with_resources(
         tune.with_parameters(fusion_trial, context=context), trial_resources(context)
     )
-    experiment_dir = Path(storage_path).resolve() / f"tune-{search_id}"
+    experiment_name = f"tune-{search_id}"
+    experiment_dir = storage.join(storage.resolve(storage_path), experiment_name)
     if tune.Tuner.can_restore(experiment_dir):
         logger.info("search %s was interrupted; restoring it from %s", search_id, experiment_dir)
         tuner = tune.Tuner.restore(
-            str(experiment_dir),
+            experiment_dir,
             trainable,
             resume_errored=True,
             param_space=spec.search.param_space(),
@@ -154,8 +156,8 @@ def run_search(
                 ),
             ),
             run_config=tune.RunConfig(
-                name=experiment_dir.name,
-                storage_path=str(experiment_dir.parent),
+                name=experiment_name,
+                storage_path=storage.resolve(storage_path),
                 callbacks=[TrialRuns(tracking_uri, experiment, search_id)],
                 verbose=1,
             ),

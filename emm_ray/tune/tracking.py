@@ -31,6 +31,7 @@ from emm_ray.tracking.store import (
 
 TRIAL_KIND = "tune_trial"
 MODEL_SAVED = "fused_model_saved"
+NODES = "nodes"  # the closing report names the Ray nodes the trial trained on
 LOGGED_PREFIXES = ("val_", "train_")
 
 
@@ -45,6 +46,7 @@ class TrialRuns(LoggerCallback):
         self._experiment_id = ""
         self._runs: dict[str, str] = {}
         self._epochs: dict[str, int] = {}
+        self._placed: set[str] = set()  # trials whose node is tagged
 
     @property
     def client(self) -> MlflowClient:
@@ -82,6 +84,9 @@ class TrialRuns(LoggerCallback):
             metrics = _metrics(result, step, now)
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
+        if result.get(NODES) and trial.trial_id not in self._placed:
+            self.client.set_tag(run_id, tag(NODES), result[NODES])
+            self._placed.add(trial.trial_id)
 
     def log_trial_end(self, trial: Trial, failed: bool = False) -> None:
         run_id = self._runs.get(trial.trial_id)

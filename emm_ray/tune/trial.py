@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emm_ray.data.schema import FeatureSchema
+from emm_ray.data.streaming import load_schema
 from emm_ray.fusion.artifact import save_fused_model
 from emm_ray.fusion.config import FusionConfig
 from emm_ray.fusion.stage import FusedModelFactory, MemberWeights, verify_frozen
@@ -32,13 +32,14 @@ from emm_ray.train.members import load_member
 from emm_ray.train.ray_job import (
     TrainJob,
     WorkerResources,
+    current_node,
     fit_in_process,
     is_small_job,
     run_train_job,
     trains_in_process,
 )
 from emm_ray.tune.space import FUSION_OPTIONS, TrialSettings
-from emm_ray.tune.tracking import MODEL_SAVED
+from emm_ray.tune.tracking import MODEL_SAVED, NODES
 
 METRIC = "val_auc"
 TRAIN_OPTIONS = ("lr", "weight_decay")
@@ -59,7 +60,7 @@ def load_pool(
     pool_runs: Mapping[str, str], data_dir: str | Path, tracking_uri: str
 ) -> tuple[MemberWeights, ...]:
     """Load and verify the pool members once, on the driver (trials get them by value)."""
-    schema = FeatureSchema.load(data_dir)
+    schema = load_schema(data_dir)
     client = tracking_client(tracking_uri)
     loaded = [load_member(run_id, schema=schema, client=client) for run_id in pool_runs.values()]
     return tuple(MemberWeights.from_manifest(m.manifest, m.model.state_dict()) for m in loaded)
@@ -107,7 +108,7 @@ def fusion_trial(config: dict[str, Any], context: SearchContext) -> None:
         **{k: v for k, v in config.items() if k in TRAIN_OPTIONS},
     )
     members = select_members(context.pool, config.get("experts_per_task"))
-    schema = FeatureSchema.load(context.data_dir)
+    schema = load_schema(context.data_dir)
     factory = FusedModelFactory(members, fusion)
     model = factory(schema)
     job = TrainJob(
@@ -122,9 +123,10 @@ def fusion_trial(config: dict[str, Any], context: SearchContext) -> None:
         ),
     )
     if trains_in_process(job):  # seconds of work: no Ray Train start-up inside the trial
+        node = current_node()
 
         def report(end: EpochEnd) -> None:
-            tune.report({**end.metrics, "best_epoch": end.state.best_epoch})
+            tune.report({**end.metrics, "best_epoch": end.state.best_epoch, NODES: node})
 
         outcome = fit_in_process(job, on_epoch=report)
     else:
@@ -146,6 +148,7 @@ def fusion_trial(config: dict[str, Any], context: SearchContext) -> None:
                 **outcome.best_metrics,
                 "best_epoch": outcome.best_epoch,
                 "epochs_run": len(outcome.history),
+                NODES: ",".join(outcome.nodes),
                 MODEL_SAVED: True,
             },
             checkpoint=tune.Checkpoint.from_directory(directory),

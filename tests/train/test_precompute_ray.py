@@ -69,7 +69,7 @@ def test_stored_features_equal_the_models_own_and_are_reused_under_their_key(
     stored = precompute_splits(build, str(prepared.path), key, names)
     assert Path(stored.directory).parent == prepared.path / "precomputed"
     for split in ("train", "validation"):
-        assert (stored.split_dir(split) / SUCCESS_FILE).is_file()
+        assert (Path(stored.split_dir(split)) / SUCCESS_FILE).is_file()
     batch = stored_batches(stored, "validation", prepared)
     assert len(batch) == prepared.num_rows("validation")
     expected = model.precompute(batch.sparse, batch.dense)
@@ -96,7 +96,7 @@ def test_an_unfinished_split_is_recomputed(ray_cluster: None, prepared: Prepared
     (crashed / "partial.parquet").write_bytes(b"not parquet")
     stored = precompute_splits(build, str(prepared.path), key, names, splits=("validation",))
     assert not (crashed / "partial.parquet").exists()
-    assert (stored.split_dir("validation") / SUCCESS_FILE).is_file()
+    assert (Path(stored.split_dir("validation")) / SUCCESS_FILE).is_file()
 
 
 def test_streamed_training_from_stored_features_starts_where_it_would_without(
