@@ -19,6 +19,7 @@ class DataError(EmmError):
         row: int | None = None,
         column: str | None = None,
     ) -> None:
+        self.message = message
         self.path = None if path is None else str(path)
         self.row = row
         self.column = column

@@ -12,6 +12,7 @@ import pytest
 import emm_ray  # noqa: F401  (sets Ray's environment before ray is imported)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+BUCKET = "emm-cluster"  # the object store bucket of configs/multinode.yaml
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +53,51 @@ def reliability_log(request: pytest.FixtureRequest) -> Callable[..., None]:
                 log.write(json.dumps({"test": request.node.nodeid, **figures}) + "\n")
 
     return record
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """An S3-compatible store (moto's server on 127.0.0.1) holding `BUCKET`; yields the
+    environment its clients need (pyarrow, boto3 and MLflow all read these)."""
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+
+    from tests.ray_nodes import free_port, stop
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=(tmp_path_factory.mktemp("moto") / "moto.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "emm-test",
+        "AWS_SECRET_ACCESS_KEY": "emm-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id="emm-test",
+        aws_secret_access_key="emm-test",
+        region_name="us-east-1",
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                s3.create_bucket(Bucket=BUCKET)
+                break
+            except Exception:  # noqa: BLE001 - the server is still starting
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail("moto's S3 server did not come up on 127.0.0.1")
+                time.sleep(0.5)
+        yield env
+    finally:
+        stop(server)

@@ -332,8 +332,12 @@ def _node_copy(location: str) -> PreparedDataset:
                 raise DataError(f"prepared dataset without {SCHEMA_FILE}", location)
             (staging / SCHEMA_FILE).write_bytes(schema)
             (staging / SPLIT_FILE).write_bytes(recorded)
-            for split in SPLITS:
-                PreparedDataset.load(staging).checked_shards(split)
+            try:
+                for split in SPLITS:
+                    PreparedDataset.load(staging).checked_shards(split)
+            except DataError as exc:  # name the object, not this node's passing copy
+                where = str(exc.path or staging).replace(str(staging), location, 1)
+                raise DataError(exc.message, where, exc.row, exc.column) from None
             if not current():  # else another process of this node got there first
                 shutil.rmtree(copy, ignore_errors=True)  # a copy of an older upload
                 staging.rename(copy)

@@ -260,7 +260,7 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
     )
     started = time.perf_counter()
     run_location = storage.join(job.storage_path, run_name)
-    resume_from = _latest_checkpoint(run_location) if job.run_key else None
+    resume_from = latest_checkpoint(run_location) if job.run_key else None
     if resume_from:
         logger.warning("%s: going on from the interrupted run's %s", job.name, resume_from)
     for attempt in range(job.max_failures + 1):
@@ -287,7 +287,7 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
         except Exception as error:
             if attempt == job.max_failures or not lost_a_process(error):
                 raise
-            resume_from = _latest_checkpoint(run_location) or resume_from
+            resume_from = latest_checkpoint(run_location) or resume_from
             logger.warning(
                 "%s: a training process died (%s); restarting from the last checkpoint "
                 "(restart %d of %d)",
@@ -317,7 +317,7 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
     )
 
 
-def _latest_checkpoint(run_location: str) -> str | None:
+def latest_checkpoint(run_location: str) -> str | None:
     """The newest complete checkpoint a Train run wrote (`None` if none yet): a
     directory, or a URI when the run stores to an object store.
 
@@ -333,9 +333,11 @@ def _latest_checkpoint(run_location: str) -> str | None:
     ]
     if not written:
         return None
-    newest = max(written, key=lambda info: info.mtime_ns or 0)
+    # Train names checkpoints by time (`checkpoint_<date>_<time>`), so the name orders
+    # them; object stores keep modification times to the second only.
+    newest = max(info.path.rsplit("/", 1)[0] for info in written)
     fs, _ = storage.filesystem(run_location)
-    return storage.uri_of(fs, newest.path.rsplit("/", 1)[0], run_location)
+    return storage.uri_of(fs, newest, run_location)
 
 
 def lost_a_process(error: BaseException) -> bool:

@@ -27,12 +27,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import BUCKET, REPO_ROOT
 from tests.ray_nodes import free_port, start_head, start_worker, stop, submit, wait_for_jobs_api
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(1800)]
 
-BUCKET = "emm-cluster"  # configs/multinode.yaml's bucket
 BIN = Path(sys.executable).parent
 # Fused test AUC of the two-node run against a one-node run of the same config: 2-worker
 # DDP sees each batch split in two, so the runs differ as two seeds do.
@@ -64,39 +63,6 @@ def workdir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="emm_multinode_", dir="/tmp"))  # short: Ray sockets
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def object_store(workdir: Path) -> Iterator[dict[str, str]]:
-    """moto's S3 server on 127.0.0.1, with the config's bucket; yields its client env."""
-    import boto3
-
-    endpoint = f"http://127.0.0.1:{free_port()}"
-    server = subprocess.Popen(
-        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", endpoint.rsplit(":", 1)[1]],
-        stdout=(workdir / "moto.log").open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    env = {
-        "AWS_ENDPOINT_URL": endpoint,
-        "MLFLOW_S3_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "emm-test",
-        "AWS_SECRET_ACCESS_KEY": "emm-test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="emm-test",
-        aws_secret_access_key="emm-test",
-        region_name="us-east-1",
-    )
-    try:
-        _wait(lambda: s3.create_bucket(Bucket=BUCKET), "moto S3 server")
-        yield env
-    finally:
-        stop(server)
 
 
 @pytest.fixture(scope="module")
