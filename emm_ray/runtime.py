@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import torch
 
@@ -32,11 +33,17 @@ def configure_environment() -> None:
         os.environ.setdefault(key, value)
 
 
-def init_ray(num_cpus: int | None = None, object_store_memory: int | None = None) -> None:
+def init_ray(
+    num_cpus: int | None = None,
+    object_store_memory: int | None = None,
+    worker_logs: bool = True,
+) -> None:
     """Attach to `RAY_ADDRESS` (e.g. under `ray job submit`) or start a local Ray.
 
     A local start binds 127.0.0.1 and leaves the dashboard off: nothing here needs it,
-    and it costs ~1 GB and seconds of start-up on small machines.
+    and it costs ~1 GB and seconds of start-up on small machines. `worker_logs=False`
+    keeps Ray's workers' output in Ray's log files (printed once) instead of streaming it
+    here; a run's `progress.Console` prints its epochs instead.
     """
     import ray
 
@@ -51,16 +58,20 @@ def init_ray(num_cpus: int | None = None, object_store_memory: int | None = None
         "env_vars": {k: v for k, v in os.environ.items() if _forwarded(k) and k not in already}
     }
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=runtime_env, log_to_driver=True)
-        return
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        object_store_memory=object_store_memory,
-        include_dashboard=False,
-        runtime_env=runtime_env,
-        _node_ip_address="127.0.0.1",
-    )
+        context = ray.init(runtime_env=runtime_env, log_to_driver=worker_logs)
+    else:
+        context = ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            object_store_memory=object_store_memory,
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=worker_logs,
+            _node_ip_address="127.0.0.1",
+        )
+    if not worker_logs:
+        logs = Path(context.address_info["session_dir"]) / "logs"
+        print(f"[emm-ray] Ray's worker logs: {logs}", flush=True)
 
 
 def _forwarded(key: str) -> bool:

@@ -11,12 +11,20 @@ S3-compatible store other than AWS is chosen the way boto3 and pyarrow both read
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from emm_ray.errors import EmmError
+
 NODE_CACHE_ENV = "EMM_NODE_CACHE"
+
+
+class StorageError(EmmError):
+    """A location cannot be reached or opened."""
 
 
 def is_remote(location: str | Path) -> bool:
@@ -42,64 +50,87 @@ def join(location: str | Path, *parts: str) -> str:
 def filesystem(location: str | Path) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem holding `location` and the path inside it."""
     if is_remote(location):
-        return pafs.FileSystem.from_uri(str(location))
+        with reported(location):
+            return pafs.FileSystem.from_uri(str(location))
     return pafs.LocalFileSystem(), resolve(location)
+
+
+@contextmanager
+def reported(location: str | Path) -> Iterator[None]:
+    """Turn a filesystem's `OSError` (no such bucket, store unreachable, no permission)
+    into a `StorageError` naming `location`."""
+    try:
+        yield
+    except OSError as exc:
+        hint = (
+            "; for an S3-compatible store other than AWS, set AWS_ENDPOINT_URL and its "
+            "credentials in every process's environment"
+            if is_remote(location)
+            else ""
+        )
+        raise StorageError(f"cannot use {location} ({exc}){hint}") from None
 
 
 def read_bytes(location: str) -> bytes | None:
     """The file's contents, `None` if there is no such file."""
-    fs, path = filesystem(location)
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as stream:
-        return stream.read()
+    with reported(location):
+        fs, path = filesystem(location)
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with fs.open_input_stream(path) as stream:
+            return stream.read()
 
 
 def write_bytes(location: str, data: bytes) -> None:
-    fs, path = filesystem(location)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as stream:
-        stream.write(data)
+    with reported(location):
+        fs, path = filesystem(location)
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
 
 
 def files_under(location: str) -> list[pafs.FileInfo]:
     """Every file below `location` (none if it does not exist), paths inside its filesystem."""
-    fs, path = filesystem(location)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return []
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    return [info for info in infos if info.type == pafs.FileType.File]
+    with reported(location):
+        fs, path = filesystem(location)
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return []
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        return [info for info in infos if info.type == pafs.FileType.File]
 
 
 def upload(local_dir: Path, location: str) -> None:
     """Copy a local directory tree to `location`."""
-    fs, path = filesystem(location)
-    fs.create_dir(path, recursive=True)
-    pafs.copy_files(
-        str(local_dir),
-        path,
-        source_filesystem=pafs.LocalFileSystem(),
-        destination_filesystem=fs,
-    )
+    with reported(location):
+        fs, path = filesystem(location)
+        fs.create_dir(path, recursive=True)
+        pafs.copy_files(
+            str(local_dir),
+            path,
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=fs,
+        )
 
 
 def download(location: str, local_dir: Path) -> None:
     """Copy the tree at `location` into a local directory."""
-    fs, path = filesystem(location)
-    local_dir.mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(
-        path,
-        str(local_dir),
-        source_filesystem=fs,
-        destination_filesystem=pafs.LocalFileSystem(),
-    )
+    with reported(location):
+        fs, path = filesystem(location)
+        local_dir.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(
+            path,
+            str(local_dir),
+            source_filesystem=fs,
+            destination_filesystem=pafs.LocalFileSystem(),
+        )
 
 
 def delete_dir(location: str) -> None:
     """Remove the tree at `location` if there is one."""
-    fs, path = filesystem(location)
-    if fs.get_file_info(path).type != pafs.FileType.NotFound:
-        fs.delete_dir(path)
+    with reported(location):
+        fs, path = filesystem(location)
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_dir(path)
 
 
 def uri_of(fs: pafs.FileSystem, path: str, like: str) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from emm_ray.errors import EmmError
 from emm_ray.pipeline.config import STAGES, load_pipeline_config
 from emm_ray.pipeline.run import Pipeline
+from emm_ray.progress import Console
 from emm_ray.runtime import init_ray
 
 
@@ -40,6 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--keep-serving", action="store_true", help="keep the deployment up until Ctrl-C"
     )
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
+    parser.add_argument(
+        "--ray-logs",
+        action="store_true",
+        help="stream every Ray worker's output here (default: Ray's log files, one line per "
+        "training epoch here)",
+    )
     return parser.parse_args(argv)
 
 
@@ -49,8 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     config = load_pipeline_config(args.config, args.stages)
     output = (args.output or Path("outputs") / config.model_name).resolve()
     output.mkdir(parents=True, exist_ok=True)
-    init_ray(num_cpus=args.num_cpus)
-    summary = Pipeline(config, output, force=args.force).run()
+    init_ray(num_cpus=args.num_cpus, worker_logs=args.ray_logs)
+    console = Console()
+    try:
+        summary = Pipeline(config, output, force=args.force, console=console).run()
+    finally:
+        console.close()
     (output / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1))
     print(summary.render(), flush=True)
     if summary.serving_url and (args.keep_serving or config.serve.keep_alive):

@@ -92,3 +92,12 @@ def test_the_newest_complete_checkpoint_is_found_in_the_store(s3: str) -> None:
     storage.write_bytes(f"{run}/checkpoint_000001/{RESUME_FILE}", b"epoch 1")
     storage.write_bytes(f"{run}/checkpoint_000002/partial.tmp", b"killed while writing")
     assert latest_checkpoint(run) == f"{run}/checkpoint_000001"
+
+
+def test_an_unreachable_store_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with pytest.raises(storage.StorageError, match="s3://nowhere/data.*AWS_ENDPOINT_URL"):
+        prepare_dataset(CONFIG, "s3://nowhere/data")

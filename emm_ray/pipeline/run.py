@@ -25,6 +25,7 @@ from emm_ray.evaluation.stage import run_evaluation
 from emm_ray.fusion.stage import FuseResult, fuse_pool
 from emm_ray.pipeline.config import PipelineConfig
 from emm_ray.pipeline.serving_check import ServingCheck, check_deployment
+from emm_ray.progress import Console
 from emm_ray.serve.app import deploy
 from emm_ray.serve.loading import load_registered
 from emm_ray.serve.settings import ServeSettings
@@ -98,8 +99,15 @@ class RunSummary:
 class Pipeline:
     """Runs the configured stages in order; every stage's result is kept for later ones."""
 
-    def __init__(self, config: PipelineConfig, output_dir: Path, force: bool = False) -> None:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        output_dir: Path,
+        force: bool = False,
+        console: Console | None = None,
+    ) -> None:
         self.config = config
+        self.console = console
         self.force = force
         self.summary = RunSummary(output_dir=output_dir)
         self.storage = storage.resolve(config.storage)
@@ -127,9 +135,13 @@ class Pipeline:
 
     def _timed(self, name: str, stage: Callable[[], str]) -> None:
         print(f"[emm-ray] stage {name} ...", flush=True)
+        if self.console is not None:
+            self.console.stage = name
         started = time.perf_counter()
         status = stage()
         elapsed = time.perf_counter() - started
+        if self.console is not None:
+            self.console.flush()
         self.summary.stage_seconds[name] = elapsed
         self.summary.stage_status[name] = status
         print(f"[emm-ray] stage {name} done in {elapsed:.1f} s: {status}", flush=True)

@@ -39,6 +39,7 @@ from emm_ray.data.batch import Batch
 from emm_ray.data.prepare import PreparedDataset
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.data.streaming import load_schema
+from emm_ray.progress import epoch_publisher
 from emm_ray.train.loop import (
     EpochEnd,
     IterableBatches,
@@ -171,6 +172,13 @@ def fit_in_process(
     seed_everything(job.config.seed)
     module = job.module_factory(schema).to(device)
     train, validation = _memory_sources(job, 0, 1, device)
+    publish = epoch_publisher(job.name, job.config.epochs)
+
+    def report(end: EpochEnd) -> None:
+        publish(end)
+        if on_epoch is not None:
+            on_epoch(end)
+
     result = fit(
         module,
         train,
@@ -179,7 +187,7 @@ def fit_in_process(
         job.config,
         task_names=job.tasks,
         device=device,
-        on_epoch=on_epoch,
+        on_epoch=report,
     )
     return TrainOutcome(
         name=job.name,
@@ -426,11 +434,14 @@ def _train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 Path(directory) / RESUME_FILE, map_location=device, weights_only=True
             )
 
+    publish = epoch_publisher(job.name, job.config.epochs)
+
     def report(end: EpochEnd) -> None:
         metrics = {**end.metrics, "best_epoch": end.state.best_epoch, "is_best": end.is_best}
         with tempfile.TemporaryDirectory() as directory:
             saved = None
             if rank == 0:
+                publish(end)
                 torch.save(end.resume_state(), Path(directory) / RESUME_FILE)
                 saved = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=saved)

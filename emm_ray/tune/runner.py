@@ -159,7 +159,7 @@ def run_search(
                 name=experiment_name,
                 storage_path=storage.resolve(storage_path),
                 callbacks=[TrialRuns(tracking_uri, experiment, search_id)],
-                verbose=1,
+                verbose=0,  # trials print their epochs (emm_ray.progress); Tune's table is wide
             ),
         )
     results = list(tuner.fit())
