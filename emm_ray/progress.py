@@ -90,10 +90,10 @@ class _Board:
 class Console:
     """Prints published epochs as `[emm-ray] <stage> <job>: epoch ...` while a run goes."""
 
-    def __init__(self) -> None:
+    def __init__(self, stage: str = "") -> None:
         import ray
 
-        self.stage = ""
+        self.stage = stage
         self._printing = threading.Lock()
         self._board = (
             ray.remote(_Board).options(name=BOARD_NAME, num_cpus=0, get_if_exists=True).remote()
@@ -121,6 +121,12 @@ class Console:
         self._thread.join()
         self.flush()
         ray.kill(self._board)
+
+    def __enter__(self) -> Console:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 def _duration(seconds: float) -> str:

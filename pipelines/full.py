@@ -57,11 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     output = (args.output or Path("outputs") / config.model_name).resolve()
     output.mkdir(parents=True, exist_ok=True)
     init_ray(num_cpus=args.num_cpus, worker_logs=args.ray_logs)
-    console = Console()
-    try:
+    with Console() as console:
         summary = Pipeline(config, output, force=args.force, console=console).run()
-    finally:
-        console.close()
     (output / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1))
     print(summary.render(), flush=True)
     if summary.serving_url and (args.keep_serving or config.serve.keep_alive):

@@ -22,6 +22,7 @@ from pathlib import Path
 from emm_ray.errors import ConfigError, EmmError
 from emm_ray.evaluation.experiment import load_experiment
 from emm_ray.fusion.stage import fuse_pool, plug_members
+from emm_ray.progress import Console
 from emm_ray.runtime import init_ray
 
 
@@ -46,20 +47,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     experiment = load_experiment(args.config)
     prepared = experiment.prepared()
-    init_ray(num_cpus=args.num_cpus)
+    if args.plug is not None and not args.members:
+        raise ConfigError("--plug needs --members: the pool members to add")
+    init_ray(num_cpus=args.num_cpus, worker_logs=False)
     common = {
         "storage_path": experiment.storage,
         "tracking_uri": args.tracking_uri,
         "force": args.force,
     }
-    if args.plug is None:
-        result = fuse_pool(experiment.fuse, prepared, **common)
-    else:
-        if not args.members:
-            raise ConfigError("--plug needs --members: the pool members to add")
-        result = plug_members(
-            experiment.fuse, prepared, args.plug, args.members.split(","), **common
-        )
+    with Console(stage="fuse"):
+        if args.plug is None:
+            result = fuse_pool(experiment.fuse, prepared, **common)
+        else:
+            result = plug_members(
+                experiment.fuse, prepared, args.plug, args.members.split(","), **common
+            )
     summary = {
         "run_id": result.run_id,
         "status": result.status,

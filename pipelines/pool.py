@@ -22,6 +22,7 @@ from pathlib import Path
 from emm_ray.config import load_yaml_config
 from emm_ray.data.prepare import SPLIT_FILE, DatasetConfig, PreparedDataset, prepare_dataset
 from emm_ray.errors import EmmError
+from emm_ray.progress import Console
 from emm_ray.runtime import init_ray
 from emm_ray.train.pool import train_pool
 from emm_ray.train.pool_spec import load_pool_spec
@@ -90,16 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     spec = load_pool_spec(args.config)
     prepared = resolve_data(args.data, args.prepared_dir)
     spec.check_tasks(prepared.schema)
-    init_ray(num_cpus=args.num_cpus)
-    report = train_pool(
-        spec,
-        prepared,
-        storage_path=args.storage,
-        tracking_uri=args.tracking_uri,
-        max_concurrent=args.max_concurrent,
-        only=args.members.split(",") if args.members else None,
-        force=args.force,
-    )
+    init_ray(num_cpus=args.num_cpus, worker_logs=False)
+    with Console(stage="pool"):
+        report = train_pool(
+            spec,
+            prepared,
+            storage_path=args.storage,
+            tracking_uri=args.tracking_uri,
+            max_concurrent=args.max_concurrent,
+            only=args.members.split(",") if args.members else None,
+            force=args.force,
+        )
     table = report.table()
     print(f"\npool {report.pool} on {prepared.path} ({report.wall_seconds:.1f} s)\n\n{table}\n")
     if args.output is not None:
