@@ -3,8 +3,8 @@
     python benchmarks/reliability.py            # = python -m pytest -m reliability, plus the
                                                 #   serving fault tests of the default run
 
-Runs pytest once with `EMM_RELIABILITY_LOG` set; every test that breaks something on
-purpose records what it did through the `reliability_log` fixture (tests/conftest.py):
+Runs pytest once with `EMM_FIGURES_LOG` set; every test that breaks something on
+purpose records what it did through the `figures_log` fixture (tests/conftest.py):
 faults injected and survived, requests generated and their status codes, load held.
 Writes `benchmarks/results/reliability.md` and `reliability.json`, one object with the
 totals (`faults_injected`, `faults_survived`, `requests_generated`, `responses_5xx`,
@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from figures import run_pytest  # run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TESTS = [
@@ -45,29 +44,19 @@ def main() -> None:
     parser.add_argument("paths", nargs="*", default=DEFAULT_TESTS, help="test paths to run")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/reliability.md")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "reliability.jsonl"
-        started = time.perf_counter()
-        load_before = os.getloadavg()[0]
-        pytest = subprocess.run(
-            [sys.executable, "-m", "pytest", "-m", "reliability or not benchmark", *args.paths],
-            cwd=REPO,
-            env={**os.environ, "EMM_RELIABILITY_LOG": str(log)},
-        )
-        lines = log.read_text().splitlines() if log.exists() else []
-        records = [json.loads(line) for line in lines]
-    summary = summarise(records)
+    run = run_pytest(["-m", "reliability or not benchmark", *args.paths])
+    summary = summarise(run.records)
     summary |= {
-        "pytest_exit_code": pytest.returncode,
-        "wall_s": round(time.perf_counter() - started),
-        "load_before": round(load_before, 2),
-        "load_after": round(os.getloadavg()[0], 2),
-        "checks": records,
+        "pytest_exit_code": run.exit_code,
+        "wall_s": run.wall_s,
+        "load_before": run.load_before,
+        "load_after": run.load_after,
+        "checks": run.records,
     }
     args.output.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
     args.output.write_text(render(summary, args.paths))
     print(render(summary, args.paths))
-    sys.exit(pytest.returncode)
+    sys.exit(run.exit_code)
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:

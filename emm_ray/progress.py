@@ -1,8 +1,8 @@
 """The console of a run: one line per training epoch, from whichever process ran it.
 
 Ray streams every worker's output to the driver by default; for a training job that is
-dozens of 200-character lines per epoch (Train's reports and checkpoint paths, worker
-group and placement-group messages). A run leaves those in Ray's log files
+several long lines per epoch (Train's reports and checkpoint paths, worker group and
+placement-group messages). A run leaves those in Ray's log files
 (`init_ray(worker_logs=False)`, which prints where they are) and prints its own: the
 process that ends an epoch (a Ray Train worker of rank 0, a Ray task, a Tune trial) hands
 a short `EpochProgress` to a named actor, and a thread of the driver's `Console` prints
@@ -27,13 +27,13 @@ class EpochProgress:
     max_epochs: int
     rows_per_s: float
     val_auc: float
-    elapsed_s: float  # since the job's first epoch began
+    seconds_per_epoch: float  # mean over the epochs this process ran
     stopping: bool  # early stopping ends the job after this epoch
 
     def line(self) -> str:
-        remaining = self.elapsed_s / self.epoch * (self.max_epochs - self.epoch)
         done = self.stopping or self.epoch >= self.max_epochs
-        left = "done" if done else f"at most {_duration(remaining)} left"
+        remaining = self.seconds_per_epoch * (self.max_epochs - self.epoch)
+        left = "done" if done else f"about {_duration(remaining)} left"
         return (
             f"{self.job}: epoch {self.epoch}/{self.max_epochs}, {self.rows_per_s:,.0f} rows/s, "
             f"val AUC {self.val_auc:.4f}, {left}"
@@ -43,29 +43,32 @@ class EpochProgress:
 def publish(progress: EpochProgress) -> None:
     """Hand `progress` to the run's console, if the driver runs one (else nothing)."""
     import ray
+    import ray.exceptions
 
     if not ray.is_initialized():
         return
     try:
         board = ray.get_actor(BOARD_NAME)
-    except ValueError:  # no console: a library call, a test
-        return
-    ray.get(board.put.remote(progress))  # waited for, so it precedes the job's end
+        ray.get(board.put.remote(progress))  # waited for, so it precedes the job's end
+    except (ValueError, ray.exceptions.RayError):  # no console (a library call, a test),
+        return  # or it is gone: a line is not worth failing training for
 
 
 def epoch_publisher(job: str, max_epochs: int) -> Any:
     """An `on_epoch`-shaped function publishing each epoch of `job` (`train.loop.EpochEnd`)."""
     started = time.perf_counter()
+    ran: list[int] = []  # epochs of this process (a resumed job starts past 1)
 
     def on_epoch(end: Any) -> None:
+        ran.append(int(end.metrics["epoch"]))
         publish(
             EpochProgress(
                 job=job,
-                epoch=int(end.metrics["epoch"]),
+                epoch=ran[-1],
                 max_epochs=max_epochs,
                 rows_per_s=float(end.metrics.get("train_samples_per_s", 0.0)),
                 val_auc=float(end.metrics.get("val_auc", float("nan"))),
-                elapsed_s=time.perf_counter() - started,
+                seconds_per_epoch=(time.perf_counter() - started) / len(ran),
                 stopping=bool(end.stopping),
             )
         )
@@ -125,8 +128,12 @@ class Console:
     def __enter__(self) -> Console:
         return self
 
-    def __exit__(self, *_: object) -> None:
-        self.close()
+    def __exit__(self, failure: type[BaseException] | None, *_: object) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never hide the run's own error behind the console's
+            if failure is None:
+                raise
 
 
 def _duration(seconds: float) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -23,7 +24,17 @@ RAY_ENV: dict[str, str] = {
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
 }
 
-FORWARDED_PREFIXES = ("MLFLOW_", "AWS_", "EMM_")
+# Where the tracking server and the object store are, as the driver has them. Secrets
+# (AWS keys, MLflow passwords) are not forwarded: a runtime env is readable by anyone
+# with access to the job API; nodes get credentials from their own environment or role.
+# Node-local settings (EMM_NODE_CACHE, EMM_DATA_DIR) stay each node's own.
+FORWARDED = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+)
 JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a submitted job's driver
 
 
@@ -50,13 +61,7 @@ def init_ray(
     configure_environment()
     if ray.is_initialized():
         return
-    # A submitted job's own runtime env already reaches every worker; Ray refuses a
-    # driver's that names the same variables again.
-    submitted = json.loads(os.environ.get(JOB_CONFIG_VARIABLE, "{}"))
-    already = set((submitted.get("runtime_env") or {}).get("env_vars") or {})
-    runtime_env = {
-        "env_vars": {k: v for k, v in os.environ.items() if _forwarded(k) and k not in already}
-    }
+    runtime_env = {"env_vars": worker_env(os.environ)}
     if os.environ.get("RAY_ADDRESS"):
         context = ray.init(runtime_env=runtime_env, log_to_driver=worker_logs)
     else:
@@ -69,16 +74,26 @@ def init_ray(
             log_to_driver=worker_logs,
             _node_ip_address="127.0.0.1",
         )
-    if not worker_logs:
-        logs = Path(context.address_info["session_dir"]) / "logs"
-        print(f"[emm-ray] Ray's worker logs: {logs}", flush=True)
+    session = getattr(context, "address_info", {}).get("session_dir")  # none over ray://
+    if not worker_logs and session:
+        print(f"[emm-ray] Ray's worker logs (head node): {Path(session) / 'logs'}", flush=True)
 
 
-def _forwarded(key: str) -> bool:
-    """Variables every worker needs as the driver has them: Ray's own, and where the
-    tracking server, the object store and the node cache are (`MLFLOW_*`, `AWS_*`,
-    `EMM_*`)."""
-    return key in RAY_ENV or key.startswith(FORWARDED_PREFIXES)
+def current_node() -> str:
+    """The id of the Ray node this process runs on (`local` outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+
+def worker_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables the driver hands its workers: Ray's own and `FORWARDED`, less those a
+    submitted job's runtime env already sets (Ray refuses a driver's runtime env that
+    names a job's variable again)."""
+    submitted = json.loads(environ.get(JOB_CONFIG_VARIABLE, "{}"))
+    already = set((submitted.get("runtime_env") or {}).get("env_vars") or {})
+    wanted = (*RAY_ENV, *FORWARDED)
+    return {k: environ[k] for k in wanted if k in environ and k not in already}
 
 
 def best_device() -> torch.device:

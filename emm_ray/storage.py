@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from emm_ray.errors import EmmError
@@ -34,17 +35,20 @@ def is_remote(location: str | Path) -> bool:
 
 
 def resolve(location: str | Path) -> str:
-    """`location` as other processes can use it: an absolute path, or the URI as given."""
+    """`location` as other processes can use it: an absolute path (also for `file://`
+    URIs), or the URI as given."""
     if is_remote(location):
         return str(location).rstrip("/")
-    return str(Path(location).expanduser().absolute())
+    parsed = urlparse(str(location))
+    local = parsed.path if parsed.scheme == "file" else str(location)
+    return str(Path(local).expanduser().absolute())
 
 
 def join(location: str | Path, *parts: str) -> str:
     """`location` / `parts`, for paths and URIs alike."""
     if is_remote(location):
         return "/".join([str(location).rstrip("/"), *parts])
-    return str(Path(location, *parts))
+    return str(Path(resolve(location), *parts))
 
 
 def filesystem(location: str | Path) -> tuple[pafs.FileSystem, str]:
@@ -61,7 +65,7 @@ def reported(location: str | Path) -> Iterator[None]:
     into a `StorageError` naming `location`."""
     try:
         yield
-    except OSError as exc:
+    except (OSError, pa.ArrowException) as exc:  # ArrowInvalid: a URI pyarrow cannot use
         hint = (
             "; for an S3-compatible store other than AWS, set AWS_ENDPOINT_URL and its "
             "credentials in every process's environment"
@@ -147,13 +151,7 @@ def node_cache(*parts: str) -> Path:
     two nodes simulated on one machine never read each other's copies, as two machines
     could not.
     """
+    from emm_ray.runtime import current_node
+
     root = Path(os.environ.get(NODE_CACHE_ENV, Path.home() / ".cache" / "emm-ray"))
-    return root.joinpath(_node_id(), *parts)
-
-
-def _node_id() -> str:
-    import ray
-
-    if ray.is_initialized():
-        return ray.get_runtime_context().get_node_id()[:16]
-    return "local"
+    return root.joinpath(current_node()[:16], *parts)

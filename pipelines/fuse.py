@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)",
     )
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
+    parser.add_argument(
+        "--ray-logs", action="store_true", help="stream every Ray worker's output here"
+    )
     return parser.parse_args(argv)
 
 
@@ -46,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     experiment = load_experiment(args.config)
-    prepared = experiment.prepared()
     if args.plug is not None and not args.members:
         raise ConfigError("--plug needs --members: the pool members to add")
-    init_ray(num_cpus=args.num_cpus, worker_logs=False)
+    init_ray(num_cpus=args.num_cpus, worker_logs=args.ray_logs)  # first: data copies per node
+    prepared = experiment.prepared()
     common = {
         "storage_path": experiment.storage,
         "tracking_uri": args.tracking_uri,

@@ -19,6 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
+from emm_ray import storage
 from emm_ray.config import load_yaml_config
 from emm_ray.data.prepare import SPLIT_FILE, DatasetConfig, PreparedDataset, prepare_dataset
 from emm_ray.errors import EmmError
@@ -35,22 +36,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=DEFAULT_POOL, help="pool spec YAML")
     parser.add_argument(
         "--data",
-        type=Path,
         default=None,
-        help="prepared dataset directory or dataset config YAML (default: synthetic census)",
+        help="prepared dataset (directory or object store URI) or dataset config YAML "
+        "(default: synthetic census)",
     )
     parser.add_argument(
         "--prepared-dir",
-        type=Path,
         default=None,
-        help="where to prepare a dataset config (default: prepared/<config name>)",
+        help="where to prepare a dataset config, a directory or an object store URI "
+        "(default: prepared/<config name>)",
     )
     parser.add_argument("--output", type=Path, default=None, help="write pool_report.json/.md here")
     parser.add_argument(
         "--storage",
-        type=Path,
-        default=Path("ray_results"),
-        help="Ray Train storage path (checkpoints)",
+        default="ray_results",
+        help="Ray Train checkpoints: a directory or an object store URI",
     )
     parser.add_argument(
         "--tracking-uri",
@@ -71,17 +71,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="CPUs of a locally started Ray (ignored when attaching to a cluster)",
     )
+    parser.add_argument(
+        "--ray-logs", action="store_true", help="stream every Ray worker's output here"
+    )
     return parser.parse_args(argv)
 
 
-def resolve_data(data: Path | None, prepared_dir: Path | None) -> PreparedDataset:
-    """A prepared directory as is; a dataset config (or the default one) prepared first."""
-    if data is not None and data.is_dir() and (data / SPLIT_FILE).is_file():
+def resolve_data(data: str | None, prepared_dir: str | None) -> PreparedDataset:
+    """A prepared dataset as is; a dataset config (or the default one) prepared first."""
+    if data is not None and storage.is_remote(data):
         return PreparedDataset.load(data)
-    if data is not None and data.is_dir():
-        raise EmmError(f"{data} is a directory without {SPLIT_FILE}: not a prepared dataset")
-    config = load_yaml_config(data, DatasetConfig) if data is not None else DatasetConfig()
-    target = prepared_dir or Path("prepared") / (data.stem if data is not None else "default")
+    path = None if data is None else Path(data)
+    if path is not None and path.is_dir() and (path / SPLIT_FILE).is_file():
+        return PreparedDataset.load(path)
+    if path is not None and path.is_dir():
+        raise EmmError(f"{path} is a directory without {SPLIT_FILE}: not a prepared dataset")
+    config = load_yaml_config(path, DatasetConfig) if path is not None else DatasetConfig()
+    target = prepared_dir or Path("prepared") / (path.stem if path is not None else "default")
     return prepare_dataset(config, target)
 
 
@@ -89,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     spec = load_pool_spec(args.config)
+    init_ray(num_cpus=args.num_cpus, worker_logs=args.ray_logs)  # first: data copies per node
     prepared = resolve_data(args.data, args.prepared_dir)
     spec.check_tasks(prepared.schema)
-    init_ray(num_cpus=args.num_cpus, worker_logs=False)
     with Console(stage="pool"):
         report = train_pool(
             spec,
@@ -103,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
         )
     table = report.table()
-    print(f"\npool {report.pool} on {prepared.path} ({report.wall_seconds:.1f} s)\n\n{table}\n")
+    print(f"\npool {report.pool} on {prepared.location} ({report.wall_seconds:.1f} s)\n\n{table}\n")
     if args.output is not None:
         args.output.mkdir(parents=True, exist_ok=True)
         (args.output / "pool_report.json").write_text(json.dumps(report.to_dict(), indent=1))

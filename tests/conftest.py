@@ -41,11 +41,12 @@ def ray_cluster() -> Iterator[None]:
 
 
 @pytest.fixture
-def reliability_log(request: pytest.FixtureRequest) -> Callable[..., None]:
-    """Record a test's fault and load figures (one JSON line, with the test's name) in the
-    file `EMM_RELIABILITY_LOG` names; `benchmarks/reliability.py` sets it and turns the
-    lines into benchmarks/results/reliability.md and .json. Without it: nothing is written."""
-    path = os.environ.get("EMM_RELIABILITY_LOG")
+def figures_log(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """Record a test's figures (one JSON line, with the test's name) in the file
+    `EMM_FIGURES_LOG` names; `benchmarks/reliability.py` and `benchmarks/multinode.py` set
+    it and turn the lines into their tables in benchmarks/results/. Without it: nothing
+    is written."""
+    path = os.environ.get("EMM_FIGURES_LOG")
 
     def record(**figures: object) -> None:
         if path:

@@ -40,6 +40,8 @@ def test_paths_and_uris() -> None:
     assert storage.join("s3://b/p/", "a", "b") == "s3://b/p/a/b"
     assert storage.resolve("s3://b/p/") == "s3://b/p"
     assert storage.resolve("rel") == str(Path("rel").absolute())
+    assert storage.resolve("file:///tmp/x") == "/tmp/x"
+    assert storage.join("file:///tmp/x", "a") == "/tmp/x/a"
 
 
 def test_prepared_data_round_trips_through_the_store(
@@ -59,7 +61,49 @@ def test_prepared_data_round_trips_through_the_store(
         remote, here = load_split(copy.location, split), load_split(local.path, split)
         assert np.array_equal(remote.sparse.numpy(), here.sparse.numpy())
         assert np.array_equal(remote.labels.numpy(), here.labels.numpy())
-    assert prepare_dataset(CONFIG, f"{s3}/prepared").path == copy.path  # reused, not redone
+
+    def no_upload(*_: object) -> None:
+        raise AssertionError("prepared again instead of reusing the store's dataset")
+
+    monkeypatch.setattr(storage, "upload", no_upload)
+    assert prepare_dataset(CONFIG, f"{s3}/prepared").location == f"{s3}/prepared"
+
+
+def test_streaming_work_reads_the_record_without_copying_shards(
+    s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_node(monkeypatch, tmp_path / "node-a")
+    published = prepare_dataset(CONFIG, f"{s3}/prepared")
+    on_node(monkeypatch, tmp_path / "node-b")
+    described = PreparedDataset.describe(f"{s3}/prepared")
+    assert described.schema.hash == published.schema.hash
+    assert described.num_rows("train") == published.num_rows("train")
+    assert not list((tmp_path / "node-b").rglob("*.parquet"))
+    objects = described.checked_objects("train")
+    assert [o.rsplit("/", 1)[1] for o in objects] == sorted(
+        p.name for p in published.split_dir("train").glob("*.parquet")
+    )
+
+    storage.filesystem(objects[0])[0].delete_file(storage.filesystem(objects[0])[1])
+    with pytest.raises(DataError, match="prepare wrote") as raised:
+        described.checked_objects("train")
+    assert raised.value.path == f"{s3}/prepared/train"
+
+
+def test_an_interrupted_upload_is_replaced_and_a_bad_record_named(
+    s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_node(monkeypatch, tmp_path / "node-a")
+    prepare_dataset(CONFIG, f"{s3}/prepared")
+    fs, path = storage.filesystem(f"{s3}/prepared/split.json")
+    fs.delete_file(path)  # as if the upload stopped before its last file
+    assert prepare_dataset(CONFIG, f"{s3}/prepared").num_rows("train") > 0
+
+    storage.write_bytes(f"{s3}/prepared/split.json", b"{not json")
+    on_node(monkeypatch, tmp_path / "node-b")
+    with pytest.raises(DataError, match="not a split.json written by prepare") as raised:
+        PreparedDataset.load(f"{s3}/prepared")
+    assert raised.value.path == f"{s3}/prepared/split.json"
 
 
 def test_a_changed_object_is_refused_naming_it(

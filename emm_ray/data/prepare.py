@@ -17,6 +17,7 @@ re-running with the same config and the same source files reuses it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -139,10 +140,20 @@ class PreparedDataset:
     path: Path
     schema: FeatureSchema
     split_info: dict[str, Any]
-    location: str = ""
+    location: str
+
+    @classmethod
+    def describe(cls, location: str | Path) -> PreparedDataset:
+        """The schema and split record only: for a dataset in an object store, without
+        copying its shards to this node (for work that streams them from the store)."""
+        if storage.is_remote(location):
+            return _node_copy(storage.resolve(location), shards=False)
+        return cls.load(location)
 
     @classmethod
     def load(cls, location: str | Path) -> PreparedDataset:
+        """The dataset with its shards readable here: in an object store, through this
+        node's verified copy (`_node_copy`)."""
         if storage.is_remote(location):
             return _node_copy(storage.resolve(location))
         path = Path(location).absolute()  # Ray workers run elsewhere: they need absolute paths
@@ -199,6 +210,42 @@ class PreparedDataset:
                 self.split_dir(split),
             )
         return shards
+
+    def checked_objects(self, split: str) -> list[str]:
+        """For a dataset in an object store, the split's shard locations, checked where
+        they are: the names `prepare` recorded, every footer readable, the rows adding up.
+        Contents are trusted to the store here (a sha256 means reading every shard);
+        every node copy checks them (`_node_copy`)."""
+        location = self.split_location(split)
+        fs, _ = storage.filesystem(location)
+        objects = {
+            info.base_name: info.path
+            for info in storage.files_under(location)
+            if info.base_name.endswith(".parquet")
+        }
+        recorded = self.split_info.get("shards", {}).get(split)
+        if not objects or (recorded is not None and set(objects) != set(recorded)):
+            raise DataError(
+                f"the {split} split holds shards {sorted(objects)}, prepare wrote "
+                f"{sorted(recorded or [])}; prepare the data again",
+                location,
+            )
+        rows = 0
+        for name, path in sorted(objects.items()):
+            try:
+                with fs.open_input_file(path) as handle:
+                    rows += pq.ParquetFile(handle).metadata.num_rows
+            except (OSError, pa.ArrowException) as exc:
+                raise DataError(
+                    f"cannot read this parquet shard ({exc}); prepare the data again",
+                    storage.join(location, name),
+                ) from None
+        if rows != self.num_rows(split):
+            raise DataError(
+                f"the {split} shards hold {rows} rows, {self.num_rows(split)} were prepared",
+                location,
+            )
+        return [storage.join(location, name) for name in sorted(objects)]
 
     def _check_contents(self, split: str, shards: list[Path]) -> None:
         """Each shard's sha256 against the one `prepare` recorded (datasets prepared
@@ -290,7 +337,7 @@ def _prepare_remote(
     `split.json` last, so a reader never sees a dataset whose upload did not finish."""
     recorded = storage.read_bytes(storage.join(location, SPLIT_FILE))
     if recorded is not None:
-        existing_hash = json.loads(recorded).get("config_hash")
+        _, existing_hash = _record_of(recorded, location)
         if existing_hash == config_hash:
             return PreparedDataset.load(location)
         if not overwrite:
@@ -299,7 +346,7 @@ def _prepare_remote(
                 f"(config hash {existing_hash}, now {config_hash}); choose another location "
                 "or pass overwrite=True"
             )
-    elif storage.files_under(location):
+    elif not _unfinished_upload(location):
         raise ConfigError(f"{location} exists and is not a prepared dataset; refusing to write")
     storage.delete_dir(location)
     local = prepare_dataset(config, storage.node_cache("prepared", config_hash))
@@ -310,43 +357,77 @@ def _prepare_remote(
     return replace(local, location=location)
 
 
-def _node_copy(location: str) -> PreparedDataset:
-    """This node's copy of the dataset at `location`: downloaded once per node (and per
-    prepared config), every shard's sha256 checked against `split.json` before use."""
+def _unfinished_upload(location: str) -> bool:
+    """Nothing at `location`, or only what an upload writes before `split.json` (an
+    upload that was interrupted, to be replaced)."""
+    _, root = storage.filesystem(location)
+    ours = (*SPLITS, SCHEMA_FILE)
+    return all(
+        info.path[len(root) :].lstrip("/").split("/")[0] in ours
+        for info in storage.files_under(location)
+    )
+
+
+def _record_of(recorded: bytes, location: str) -> tuple[dict[str, Any], str]:
+    """`split.json`'s contents and config hash; a `DataError` naming it if unreadable."""
+    try:
+        info = json.loads(recorded)
+        return info, str(info["config_hash"])
+    except (ValueError, KeyError, TypeError):
+        raise DataError(
+            f"not a {SPLIT_FILE} written by prepare; prepare the data again",
+            storage.join(location, SPLIT_FILE),
+        ) from None
+
+
+def _node_copy(location: str, *, shards: bool = True) -> PreparedDataset:
+    """This node's copy of the dataset at `location`, made once per node and prepared
+    config: the shards, each one's sha256 checked against `split.json` before the copy
+    is used, or with `shards=False` only the record and the schema (what streaming
+    needs: Ray Data reads the shards from the store). Processes of one node take turns
+    (a file lock): one downloads, the others then find its copy."""
     recorded = storage.read_bytes(storage.join(location, SPLIT_FILE))
     if recorded is None:
         raise DataError(f"not a prepared dataset (no {SPLIT_FILE}); run prepare first", location)
-    copy = storage.node_cache("prepared", json.loads(recorded)["config_hash"])
+    _, config_hash = _record_of(recorded, location)
+    copy = storage.node_cache("prepared" if shards else "described", config_hash)
 
     def current() -> bool:
         return (copy / SPLIT_FILE).is_file() and (copy / SPLIT_FILE).read_bytes() == recorded
 
     if not current():
-        staging = copy.with_name(f".{copy.name}.tmp-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        with open(copy.with_name(f".{copy.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not current():
+                _download(location, recorded, copy, shards)
+    return replace(PreparedDataset.load(copy), location=location)
+
+
+def _download(location: str, recorded: bytes, copy: Path, shards: bool) -> None:
+    staging = copy.with_name(f".{copy.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        if shards:
             for split in SPLITS:
                 storage.download(storage.join(location, split), staging / split)
-            schema = storage.read_bytes(storage.join(location, SCHEMA_FILE))
-            if schema is None:
-                raise DataError(f"prepared dataset without {SCHEMA_FILE}", location)
-            (staging / SCHEMA_FILE).write_bytes(schema)
-            (staging / SPLIT_FILE).write_bytes(recorded)
+        schema = storage.read_bytes(storage.join(location, SCHEMA_FILE))
+        if schema is None:
+            raise DataError(f"prepared dataset without {SCHEMA_FILE}", location)
+        staging.mkdir(parents=True, exist_ok=True)
+        (staging / SCHEMA_FILE).write_bytes(schema)
+        (staging / SPLIT_FILE).write_bytes(recorded)
+        if shards:
             try:
                 for split in SPLITS:
                     PreparedDataset.load(staging).checked_shards(split)
             except DataError as exc:  # name the object, not this node's passing copy
                 where = str(exc.path or staging).replace(str(staging), location, 1)
                 raise DataError(exc.message, where, exc.row, exc.column) from None
-            if not current():  # else another process of this node got there first
-                shutil.rmtree(copy, ignore_errors=True)  # a copy of an older upload
-                staging.rename(copy)
-        except OSError:
-            if not current():
-                raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return replace(PreparedDataset.load(copy), location=location)
+        shutil.rmtree(copy, ignore_errors=True)  # a copy of an older upload
+        staging.rename(copy)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _publish(staging: Path, output_dir: Path, config_hash: str) -> PreparedDataset:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from emm_ray import storage
 from emm_ray.data.batch import Batch, BatchCollator
 from emm_ray.data.prepare import ROW_ID, PreparedDataset
 from emm_ray.data.schema import FeatureSchema
@@ -41,8 +42,11 @@ def read_split(
     flat memory (peak 1.6 GB, object store under 120 MB); see
     benchmarks/results/data_throughput.md.
     """
-    prepared = PreparedDataset.load(prepared_dir)
-    prepared.checked_shards(split)
+    prepared = PreparedDataset.describe(prepared_dir)
+    if storage.is_remote(prepared.location):
+        prepared.checked_objects(split)
+    else:
+        prepared.checked_shards(split)
     return read_parquet_columns(
         prepared.split_location(split), split_columns(prepared.schema, with_row_id)
     )
@@ -109,5 +113,5 @@ def load_split(prepared_dir: str | Path, split: str) -> Batch:
 
 
 def load_schema(prepared_dir: str | Path) -> FeatureSchema:
-    """The schema a prepared directory was encoded with."""
-    return PreparedDataset.load(prepared_dir).schema
+    """The schema a prepared dataset was encoded with (its shards stay where they are)."""
+    return PreparedDataset.describe(prepared_dir).schema

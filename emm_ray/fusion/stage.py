@@ -251,7 +251,7 @@ def resolve_pool(
         if not newest:
             raise EmmError(
                 f"no trained pool member in experiment {spec.pool_experiment!r} for "
-                f"{prepared.path} (schema {schema.hash}); run pipelines/pool.py first"
+                f"{prepared.location} (schema {schema.hash}); run pipelines/pool.py first"
             )
         run_ids = [newest[name] for name in sorted(newest)]
     loaded = [load_member(run_id, schema=schema, client=client) for run_id in run_ids]

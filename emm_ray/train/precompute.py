@@ -62,7 +62,7 @@ class FeatureActor:
         self, module_factory: Any, data_dir: str, features: Sequence[str], threads: int
     ) -> None:
         torch.set_num_threads(threads)
-        schema = PreparedDataset.load(data_dir).schema
+        schema = PreparedDataset.describe(data_dir).schema
         self.module = module_factory(schema).eval()
         self.collate = BatchCollator(schema)
         self.features = tuple(features)
@@ -95,7 +95,7 @@ def precompute_splits(
 
     from emm_ray.data.streaming import read_split
 
-    prepared = PreparedDataset.load(data_dir)
+    prepared = PreparedDataset.describe(data_dir)
     stored = PrecomputedSplits(storage.join(prepared.location, "precomputed", key), tuple(features))
     for split in splits:
         target = stored.split_dir(split)

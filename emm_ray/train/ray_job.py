@@ -40,6 +40,7 @@ from emm_ray.data.prepare import PreparedDataset
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.data.streaming import load_schema
 from emm_ray.progress import epoch_publisher
+from emm_ray.runtime import current_node
 from emm_ray.train.loop import (
     EpochEnd,
     IterableBatches,
@@ -202,13 +203,6 @@ def fit_in_process(
         initial_metrics=result.initial_metrics,
         nodes=(current_node(),),
     )
-
-
-def current_node() -> str:
-    """The id of the Ray node this process runs on (`local` outside Ray)."""
-    import ray
-
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
 def cluster_gpus() -> float:
@@ -395,7 +389,7 @@ def resolve_data_mode(data_dir: str, data_mode: DataMode) -> Literal["memory", "
     """`memory` when the decoded training split fits comfortably, else `stream`."""
     if data_mode != "auto":
         return data_mode
-    prepared = PreparedDataset.load(data_dir)
+    prepared = PreparedDataset.describe(data_dir)
     schema = prepared.schema
     rows = prepared.num_rows("train")
     row_bytes = 8 * len(schema.sparse) + 4 * (len(schema.dense) + len(schema.tasks))

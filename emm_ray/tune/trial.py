@@ -26,13 +26,13 @@ from emm_ray.data.streaming import load_schema
 from emm_ray.fusion.artifact import save_fused_model
 from emm_ray.fusion.config import FusionConfig
 from emm_ray.fusion.stage import FusedModelFactory, MemberWeights, verify_frozen
+from emm_ray.runtime import current_node
 from emm_ray.tracking.store import tracking_client
 from emm_ray.train.loop import EpochEnd, TrainConfig
 from emm_ray.train.members import load_member
 from emm_ray.train.ray_job import (
     TrainJob,
     WorkerResources,
-    current_node,
     fit_in_process,
     is_small_job,
     run_train_job,

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +46,7 @@ class Cluster:
     node_cache: Path
 
 
-def _wait(check: callable, what: str, timeout_s: float = 120) -> None:
+def _wait(check: Callable[[], object], what: str, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -163,7 +163,9 @@ def _object_keys(env: dict[str, str], prefix: str) -> list[str]:
     return keys
 
 
-def test_every_stage_runs_across_two_nodes(cluster: Cluster, tmp_path: Path) -> None:
+def test_every_stage_runs_across_two_nodes(
+    cluster: Cluster, tmp_path: Path, figures_log: Callable[..., None]
+) -> None:
     from mlflow.tracking import MlflowClient
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -210,7 +212,7 @@ def test_every_stage_runs_across_two_nodes(cluster: Cluster, tmp_path: Path) -> 
 
     # Data, checkpoints and artifacts went through the object store; every node read
     # the data from its own copy of it.
-    assert f"prepared/smoke/{'split.json'}" in _object_keys(cluster.env, "prepared/")
+    assert "prepared/smoke/split.json" in _object_keys(cluster.env, "prepared/")
     checkpoints = _object_keys(cluster.env, "ray_results/")
     assert any("/checkpoint_" in key for key in checkpoints), checkpoints[:20]
     assert any(key.endswith(".pt") for key in _object_keys(cluster.env, "mlflow/"))
@@ -241,6 +243,21 @@ def test_every_stage_runs_across_two_nodes(cluster: Cluster, tmp_path: Path) -> 
     )
     assert local.returncode == 0, (local.stdout + local.stderr)[-6000:]
     two_nodes, one_node = _fused_aucs(report), _fused_aucs(tmp_path / "single")
+    role = cluster.nodes.get
+    figures_log(
+        placement={
+            "pool_members": [role(n) for n in members],
+            "fusion_workers": [role(n) for n in fused],
+            "tune_trials": sorted(role(nodes[0]) for nodes in placed["tune_trial"]),
+            "serve_replicas": sorted(role(n) for n in answered.values()),
+        },
+        stage_seconds=json.loads((report / "summary.json").read_text())["stage_seconds"],
+        fused_auc_two_nodes=two_nodes,
+        fused_auc_one_node=one_node,
+        objects={
+            p: len(_object_keys(cluster.env, p)) for p in ("prepared/", "ray_results/", "mlflow/")
+        },
+    )
     for task, auc in one_node.items():
         assert abs(two_nodes[task] - auc) <= AUC_TOLERANCE, (task, two_nodes[task], auc)
 

@@ -200,9 +200,7 @@ def _versions(client: Any) -> list[Any]:
 
 
 @pytest.mark.timeout(3600)
-def test_a_killed_driver_resumes_and_leaves_no_duplicates(
-    tmp_path: Path, reliability_log: Any
-) -> None:
+def test_a_killed_driver_resumes_and_leaves_no_duplicates(tmp_path: Path, figures_log: Any) -> None:
     config = _write_config(tmp_path)
     store = Store(tmp_path / "mlruns.db")
 
@@ -285,7 +283,7 @@ def test_a_killed_driver_resumes_and_leaves_no_duplicates(
     new_runs = sum(identities_after.values()) - runs_before
     new_versions = len(_versions(client)) - versions_before
 
-    reliability_log(
+    figures_log(
         check="pipeline driver killed during pool, fuse and tune, rerun twice",
         faults_injected=3,
         faults_survived=int(resumed > 0) + int(bool(resumed_members)) + int(len(searches) == 1),

@@ -504,20 +504,18 @@ def _hostile_request(schema: FeatureSchema) -> st.SearchStrategy[tuple[bytes, st
     return st.tuples(st.one_of(as_json, as_json, raw), content_type)
 
 
-def test_hostile_requests_never_get_a_5xx(service: Service, reliability_log: Any) -> None:
+def test_hostile_requests_never_get_a_5xx(service: Service, figures_log: Any) -> None:
     """300 generated requests of every malformed kind (the reliability job sends 10,000)."""
-    _hostile_campaign(service, 300, reliability_log)
+    _hostile_campaign(service, 300, figures_log)
 
 
 @pytest.mark.reliability
 @pytest.mark.timeout(1800)
-def test_ten_thousand_hostile_requests_never_get_a_5xx(
-    service: Service, reliability_log: Any
-) -> None:
-    _hostile_campaign(service, 10_000, reliability_log)
+def test_ten_thousand_hostile_requests_never_get_a_5xx(service: Service, figures_log: Any) -> None:
+    _hostile_campaign(service, 10_000, figures_log)
 
 
-def _hostile_campaign(service: Service, count: int, reliability_log: Any) -> None:
+def _hostile_campaign(service: Service, count: int, figures_log: Any) -> None:
     """Each generated request gets a 2xx with probabilities or a 4xx that says what is
     wrong, never a 5xx; no replica restarts; the service still answers afterwards."""
     from hypothesis import given
@@ -532,26 +530,26 @@ def _hostile_campaign(service: Service, count: int, reliability_log: Any) -> Non
         watch.check(status, body, f"{payload[:200]!r} ({content_type})")
 
     send()
-    watch.report("hostile requests", count, reliability_log)
+    watch.report("hostile requests", count, figures_log)
 
 
 def test_requests_generated_from_the_served_openapi_never_get_a_5xx(
-    service: Service, reliability_log: Any
+    service: Service, figures_log: Any
 ) -> None:
     """300 schemathesis requests from the served OpenAPI document (the reliability job
     sends 10,000)."""
-    _openapi_campaign(service, 300, reliability_log)
+    _openapi_campaign(service, 300, figures_log)
 
 
 @pytest.mark.reliability
 @pytest.mark.timeout(1800)
 def test_ten_thousand_requests_generated_from_the_served_openapi_never_get_a_5xx(
-    service: Service, reliability_log: Any
+    service: Service, figures_log: Any
 ) -> None:
-    _openapi_campaign(service, 10_000, reliability_log)
+    _openapi_campaign(service, 10_000, figures_log)
 
 
-def _openapi_campaign(service: Service, count: int, reliability_log: Any) -> None:
+def _openapi_campaign(service: Service, count: int, figures_log: Any) -> None:
     """schemathesis, driven by the deployment's own `/openapi.json`: requests that fit the
     schema and requests that break it (negative mode), to both endpoints."""
     import schemathesis
@@ -578,7 +576,7 @@ def _openapi_campaign(service: Service, count: int, reliability_log: Any) -> Non
         watch.check(response.status_code, response.content, case.as_curl_command()[:300])
 
     send()
-    watch.report("schemathesis requests from the served OpenAPI", count, reliability_log)
+    watch.report("schemathesis requests from the served OpenAPI", count, figures_log)
 
 
 def _examples(count: int) -> Any:
@@ -615,9 +613,9 @@ class _Answers:
             if not all(0.0 <= v <= 1.0 for v in probabilities):
                 self.failures.append(f"non-probability answered for {request}")
 
-    def report(self, check: str, count: int, reliability_log: Any) -> None:
+    def report(self, check: str, count: int, figures_log: Any) -> None:
         restarted = len(self.replicas - self._replicas())
-        reliability_log(
+        figures_log(
             check=check,
             requests_generated=sum(self.statuses.values()),
             responses_5xx=sum(n for code, n in self.statuses.items() if code >= 500),
@@ -653,9 +651,7 @@ def _send_raw(url: str, payload: bytes, content_type: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def test_load_at_rising_concurrency_fails_no_request(
-    service: Service, reliability_log: Any
-) -> None:
+def test_load_at_rising_concurrency_fails_no_request(service: Service, figures_log: Any) -> None:
     """Closed loop at 1, 4, 16 and 64 clients (past saturation of one replica on 2 cores):
     every request answered, throughput recorded."""
     import asyncio
@@ -667,13 +663,13 @@ def test_load_at_rising_concurrency_fails_no_request(
     for clients in (1, 4, 16, 64):
         load = closed_loop(service.url + "/predict", [body], clients, 3.0, records_per_request=8)
         rows.append(asyncio.run(load).summary())
-    reliability_log(check="rising load", levels=rows)
+    figures_log(check="rising load", levels=rows)
     assert [r["errors"] for r in rows] == [0, 0, 0, 0], rows
     assert all(r["requests"] > 0 for r in rows)
 
 
 def test_a_replica_killed_under_load_loses_only_requests_in_flight(
-    service: Service, reliability_log: Any
+    service: Service, figures_log: Any
 ) -> None:
     """SIGKILL a replica's process while 4 clients load it: failures are at most the
     requests in flight at that moment, Serve replaces the replica, answers stay right."""
@@ -709,7 +705,7 @@ def test_a_replica_killed_under_load_loses_only_requests_in_flight(
         while not (_replica_pids("emm-kill:") - {victim}) and time.monotonic() < deadline:
             time.sleep(1)
         replaced = bool(_replica_pids("emm-kill:") - {victim})
-        reliability_log(
+        figures_log(
             check="replica killed under load",
             faults_injected=1,
             faults_survived=int(replaced and result.errors <= in_flight_at_kill[0]),

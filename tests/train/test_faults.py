@@ -65,7 +65,7 @@ def _fused_factory(schema_dir: Path) -> ModuleFactory:
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("trained", ["member", "fused"])
 def test_a_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(
-    ray_cluster: None, tmp_path: Path, reliability_log: Any, trained: str
+    ray_cluster: None, tmp_path: Path, figures_log: Any, trained: str
 ) -> None:
     """SIGKILL the only worker after its first checkpoint, training a pool member and
     training the fused model: the driver restarts the run from its newest checkpoint
@@ -114,7 +114,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(
     outcome = finished["outcome"]
     assert isinstance(outcome, TrainOutcome)
     resumed_ok = len(outcome.history) == 4 and outcome.resumed_after_epoch >= 1
-    reliability_log(
+    figures_log(
         check=f"train worker killed mid-epoch ({trained})",
         faults_injected=1,
         faults_survived=int(resumed_ok and abs(outcome.best_score - left_alone.best_score) < 0.01),
@@ -132,7 +132,7 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_last_checkpoint(
 
 @pytest.mark.timeout(1200)
 def test_a_killed_member_trainer_is_restarted_and_the_rerun_trains_nothing_twice(
-    ray_cluster: None, tmp_path: Path, reliability_log: Any
+    ray_cluster: None, tmp_path: Path, figures_log: Any
 ) -> None:
     """SIGKILL one member's trainer (its Train controller, which owns the worker group)
     while three members train at once: the driver restarts that member's run (from its
@@ -199,7 +199,7 @@ def test_a_killed_member_trainer_is_restarted_and_the_rerun_trains_nothing_twice
     rerun = train_pool(spec, prepared, storage_path=tmp_path / "ray", tracking_uri=tracking_uri)
     statuses = {m.name: m.status for m in rerun.members}
     survived = set(first_statuses.values()) == {"trained"} and set(epochs.values()) == {4}
-    reliability_log(
+    figures_log(
         check="member trainer killed",
         faults_injected=1,
         faults_survived=int(survived),
