@@ -5,6 +5,8 @@ checkpoints found there."""
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +147,22 @@ def test_an_unreachable_store_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with pytest.raises(storage.StorageError, match="s3://nowhere/data.*AWS_ENDPOINT_URL"):
         prepare_dataset(CONFIG, "s3://nowhere/data")
+
+
+def _load_on_this_node(location: str) -> str:
+    return str(PreparedDataset.load(location).path)
+
+
+def test_processes_of_one_node_share_one_verified_copy(
+    s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_node(monkeypatch, tmp_path / "node-a")
+    prepare_dataset(CONFIG, f"{s3}/prepared")
+    on_node(monkeypatch, tmp_path / "node-b")
+    with ProcessPoolExecutor(3, mp_context=get_context("spawn")) as pool:
+        paths = set(pool.map(_load_on_this_node, [f"{s3}/prepared"] * 3))
+    [copy] = paths
+    assert Path(copy).parent == tmp_path / "node-b" / "local" / "prepared"
+    left = sorted(p.name for p in Path(copy).parent.iterdir() if not p.name.endswith(".lock"))
+    assert left == [Path(copy).name]  # no staging directory left behind
+    assert len(load_split(copy, "train").labels) == PreparedDataset.load(copy).num_rows("train")
