@@ -10,8 +10,11 @@ actors each build the module once (`map_batches`) adds the features as columns
 `<prepared location>/precomputed/<key>/<split>/` (in the object store on a cluster).
 `key` is the module's `precompute_key()` (the frozen pool's checksum and the feature
 names), so a changed pool never reads stale columns and an unchanged one reuses them in
-every later run. A split is complete once its `_SUCCESS.json` (written last, with the
-row count) exists; anything else in its directory is a crashed attempt and is replaced.
+every later run. Each attempt writes a directory of its own under the split; the split
+is complete once its `_SUCCESS.json` (written last, with the row count) names a checked
+attempt, and readers read only the attempt it names. So jobs that need the same key at
+the same moment (Tune trials over the same members, on a shared store too) never write
+into or delete each other's files; an attempt that crashed stays as unread files.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,13 +45,16 @@ ROWS_PER_CALL = 4096
 
 @dataclass(frozen=True)
 class PrecomputedSplits:
-    """Where a module's stored features live, and their names (`Batch.cached` keys)."""
+    """Where a module's stored features live, their names (`Batch.cached` keys), and the
+    finished attempt of each split."""
 
     directory: str
     features: tuple[str, ...]
+    attempts: dict[str, str] = field(default_factory=dict)
 
     def split_dir(self, split: str) -> str:
-        return storage.join(self.directory, split)
+        """The parquet files of `split`'s finished attempt."""
+        return storage.join(self.directory, split, self.attempts[split])
 
     def columns(self, schema: FeatureSchema) -> list[str]:
         from emm_ray.data.streaming import split_columns
@@ -96,13 +103,16 @@ def precompute_splits(
     from emm_ray.data.streaming import read_split
 
     prepared = PreparedDataset.describe(data_dir)
-    stored = PrecomputedSplits(storage.join(prepared.location, "precomputed", key), tuple(features))
+    directory = storage.join(prepared.location, "precomputed", key)
+    attempts: dict[str, str] = {}
     for split in splits:
-        target = stored.split_dir(split)
-        if storage.read_bytes(storage.join(target, SUCCESS_FILE)) is not None:
-            logger.info("precomputed %s features of %s: reusing %s", split, key, target)
+        finished = _finished_attempt(storage.join(directory, split))
+        if finished is not None:
+            logger.info("precomputed %s features of %s: reusing %s", split, key, finished)
+            attempts[split] = finished
             continue
-        storage.delete_dir(target)  # an attempt that did not finish
+        attempt = uuid.uuid4().hex[:12]
+        target = storage.join(directory, split, attempt)
         started = time.perf_counter()
         source = read_split(data_dir, split, with_row_id=True)
         source.map_batches(
@@ -110,7 +120,7 @@ def precompute_splits(
             fn_constructor_args=(
                 module_factory,
                 data_dir,
-                stored.features,
+                tuple(features),
                 max(1, int(cpus_per_actor)),
             ),
             batch_size=ROWS_PER_CALL,
@@ -118,11 +128,12 @@ def precompute_splits(
             compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
             num_cpus=cpus_per_actor,
         ).write_parquet(target)
-        rows = _check_written(target, prepared.num_rows(split), split, stored.features)
+        rows = _check_written(target, prepared.num_rows(split), split, tuple(features))
+        record = {"key": key, "rows": rows, "features": list(features), "attempt": attempt}
         storage.write_bytes(
-            storage.join(target, SUCCESS_FILE),
-            json.dumps({"key": key, "rows": rows, "features": list(stored.features)}).encode(),
+            storage.join(directory, split, SUCCESS_FILE), json.dumps(record).encode()
         )
+        attempts[split] = attempt
         logger.info(
             "precomputed %s features of %s: %d rows in %.1f s -> %s",
             split,
@@ -131,7 +142,19 @@ def precompute_splits(
             time.perf_counter() - started,
             target,
         )
+    stored = PrecomputedSplits(directory, tuple(features), attempts)
     return stored
+
+
+def _finished_attempt(split_location: str) -> str | None:
+    """The attempt `_SUCCESS.json` names (`None` while no attempt finished)."""
+    recorded = storage.read_bytes(storage.join(split_location, SUCCESS_FILE))
+    if recorded is None:
+        return None
+    try:
+        return str(json.loads(recorded)["attempt"])
+    except (ValueError, KeyError, TypeError):  # a record of another layout: redo it
+        return None
 
 
 def _check_written(target: str, expected: int, split: str, features: tuple[str, ...]) -> int:

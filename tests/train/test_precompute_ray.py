@@ -69,7 +69,7 @@ def test_stored_features_equal_the_models_own_and_are_reused_under_their_key(
     stored = precompute_splits(build, str(prepared.path), key, names)
     assert Path(stored.directory).parent == prepared.path / "precomputed"
     for split in ("train", "validation"):
-        assert (Path(stored.split_dir(split)) / SUCCESS_FILE).is_file()
+        assert (Path(stored.directory) / split / SUCCESS_FILE).is_file()
     batch = stored_batches(stored, "validation", prepared)
     assert len(batch) == prepared.num_rows("validation")
     expected = model.precompute(batch.sparse, batch.dense)
@@ -86,17 +86,24 @@ def test_stored_features_equal_the_models_own_and_are_reused_under_their_key(
     assert other.precompute_key() != key  # other weights: never the stored columns
 
 
-def test_an_unfinished_split_is_recomputed(ray_cluster: None, prepared: PreparedDataset) -> None:
+def test_an_unfinished_attempt_is_never_read_and_never_deleted(
+    ray_cluster: None, prepared: PreparedDataset
+) -> None:
+    """A crashed attempt (or one another job is still writing) keeps its files; the
+    split is computed in an attempt of its own, and readers read only that one."""
     build = factory(prepared, seed=2)
     model = build(prepared.schema)
     names = tuple(model.stored_names())
     key = model.precompute_key(names)
-    crashed = prepared.path / "precomputed" / key / "validation"
-    crashed.mkdir(parents=True)
-    (crashed / "partial.parquet").write_bytes(b"not parquet")
+    other = prepared.path / "precomputed" / key / "validation" / "other-attempt"
+    other.mkdir(parents=True)
+    (other / "partial.parquet").write_bytes(b"not parquet")
     stored = precompute_splits(build, str(prepared.path), key, names, splits=("validation",))
-    assert not (crashed / "partial.parquet").exists()
-    assert (Path(stored.split_dir("validation")) / SUCCESS_FILE).is_file()
+    assert (other / "partial.parquet").exists()
+    assert Path(stored.split_dir("validation")) != other
+    assert len(stored_batches(stored, "validation", prepared)) == prepared.num_rows("validation")
+    again = precompute_splits(build, str(prepared.path), key, names, splits=("validation",))
+    assert again.attempts == stored.attempts
 
 
 def test_streamed_training_from_stored_features_starts_where_it_would_without(
