@@ -15,15 +15,13 @@ reuses the rest; `existing` scores only baselines already logged; `none` skips t
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from pathlib import Path
 
 from emm_ray.baselines.stage import find_baselines, train_baselines
-from emm_ray.errors import EmmError
 from emm_ray.evaluation.experiment import load_experiment
 from emm_ray.evaluation.stage import run_evaluation
 from emm_ray.fusion.stage import find_fused_run
+from emm_ray.pipeline.cli import add_ray_options, run, setup_logging
 from emm_ray.runtime import init_ray
 from emm_ray.tracking.store import tracking_client
 
@@ -42,18 +40,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train missing baselines, use logged ones only, or skip them",
     )
     parser.add_argument("--output", type=Path, default=Path("reports/evaluation"))
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)",
-    )
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
+    add_ray_options(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     experiment = load_experiment(args.config)
     prepared = experiment.prepared()
     schema, fingerprint = prepared.schema, str(prepared.split_info["config_hash"])
@@ -63,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     baselines: dict[str, str] = {}
     if args.baselines == "train":
-        init_ray(num_cpus=args.num_cpus)
+        init_ray(num_cpus=args.num_cpus, worker_logs=args.ray_logs)
         runs = train_baselines(
             experiment.baselines,
             prepared,
@@ -94,8 +87,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except EmmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run(main)

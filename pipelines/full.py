@@ -17,10 +17,9 @@ import json
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 
-from emm_ray.errors import EmmError
+from emm_ray.pipeline.cli import add_ray_options, run, setup_logging
 from emm_ray.pipeline.config import STAGES, load_pipeline_config
 from emm_ray.pipeline.run import Pipeline
 from emm_ray.progress import Console
@@ -40,19 +39,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--keep-serving", action="store_true", help="keep the deployment up until Ctrl-C"
     )
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
-    parser.add_argument(
-        "--ray-logs",
-        action="store_true",
-        help="stream every Ray worker's output here (default: Ray's log files, one line per "
-        "training epoch here)",
-    )
+    add_ray_options(parser, tracking=False)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging(logging.WARNING)
     config = load_pipeline_config(args.config, args.stages)
     output = (args.output or Path("outputs") / config.model_name).resolve()
     output.mkdir(parents=True, exist_ok=True)
@@ -77,8 +70,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except EmmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run(main)

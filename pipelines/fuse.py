@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 from pathlib import Path
 
-from emm_ray.errors import ConfigError, EmmError
+from emm_ray.errors import ConfigError
 from emm_ray.evaluation.experiment import load_experiment
 from emm_ray.fusion.stage import fuse_pool, plug_members
+from emm_ray.pipeline.cli import add_ray_options, run, setup_logging
 from emm_ray.progress import Console
 from emm_ray.runtime import init_ray
 
@@ -33,21 +32,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--members", default=None, help="comma-separated members (--plug)")
     parser.add_argument("--force", action="store_true", help="train even if already fused")
     parser.add_argument("--output", type=Path, default=None, help="write fuse_result.json here")
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)",
-    )
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
-    parser.add_argument(
-        "--ray-logs", action="store_true", help="stream every Ray worker's output here"
-    )
+    add_ray_options(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     experiment = load_experiment(args.config)
     if args.plug is not None and not args.members:
         raise ConfigError("--plug needs --members: the pool members to add")
@@ -84,8 +75,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except EmmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run(main)

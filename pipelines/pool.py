@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from emm_ray import storage
 from emm_ray.config import load_yaml_config
 from emm_ray.data.prepare import SPLIT_FILE, DatasetConfig, PreparedDataset, prepare_dataset
 from emm_ray.errors import EmmError
+from emm_ray.pipeline.cli import add_ray_options, run, setup_logging
 from emm_ray.progress import Console
 from emm_ray.runtime import init_ray
 from emm_ray.train.pool import train_pool
@@ -52,11 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="ray_results",
         help="Ray Train checkpoints: a directory or an object store URI",
     )
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)",
-    )
     parser.add_argument("--members", default=None, help="comma-separated subset of members")
     parser.add_argument(
         "--max-concurrent",
@@ -65,15 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="members trained at once (default: as many as resources allow)",
     )
     parser.add_argument("--force", action="store_true", help="retrain members already trained")
-    parser.add_argument(
-        "--num-cpus",
-        type=int,
-        default=None,
-        help="CPUs of a locally started Ray (ignored when attaching to a cluster)",
-    )
-    parser.add_argument(
-        "--ray-logs", action="store_true", help="stream every Ray worker's output here"
-    )
+    add_ray_options(parser)
     return parser.parse_args(argv)
 
 
@@ -93,7 +80,7 @@ def resolve_data(data: str | None, prepared_dir: str | None) -> PreparedDataset:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     spec = load_pool_spec(args.config)
     init_ray(num_cpus=args.num_cpus, worker_logs=args.ray_logs)  # first: data copies per node
     prepared = resolve_data(args.data, args.prepared_dir)
@@ -124,8 +111,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except EmmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run(main)

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
-from emm_ray.errors import EmmError
+from emm_ray.pipeline.cli import add_ray_options, run, setup_logging
 from emm_ray.runtime import init_ray
 from emm_ray.serve.batch import DEFAULT_ID_COLUMN, ScoreJob, score_table
 
@@ -31,18 +30,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--actors", type=int, default=1, help="scoring actors (Ray Data pool)")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=8192, help="rows per model call")
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)",
-    )
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
+    add_ray_options(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging(logging.WARNING)
     job = ScoreJob(
         model_uri=args.model,
         input_path=args.input,
@@ -53,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         cpus_per_actor=args.cpus_per_actor,
         batch_size=args.batch_size,
     )
-    init_ray(num_cpus=args.num_cpus)
+    init_ray(num_cpus=args.num_cpus, worker_logs=args.ray_logs)
     report = score_table(job)
     print(
         f"scored {report.rows} rows with {report.model_name} version {report.version} "
@@ -64,8 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except EmmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run(main)
