@@ -184,6 +184,10 @@ def test_every_stage_runs_across_two_nodes(
     status = {j.submission_id: j.status for j in JobSubmissionClient(cluster.address).list_jobs()}
     assert status.get(submission_id) == JobStatus.SUCCEEDED, printed
 
+    # The streamed baseline read its shards from the store (configs/multinode.yaml).
+    rows = json.loads((report / "report.json").read_text())
+    assert {r["kind"] for r in rows} == {"fused", "pool", "baseline"}
+
     # Where each stage ran, as the runs record it.
     client = MlflowClient(cluster.env["MLFLOW_TRACKING_URI"])
     placed: dict[str, list[list[str]]] = {}
