@@ -12,6 +12,9 @@ after the other with a whole CPU each, one epoch, then the fused model one epoch
 pool). Rows/s: rows handled over the stage's wall time (prepare: rows written; pool:
 training rows x members; fuse: training rows). AUC: validation AUC (pool: the mean of
 the members'). A size's prepared data is shared by its modes and prepared by the first.
+Training seeds after the first (`--seeds`) run at sizes up to 2M only, after every
+first-seed cell: they give the seed noise that the stream-memory difference is read
+against.
 
 Finished cells are appended to `<tmp>/emm-bench/scale/measured.jsonl` and skipped on
 rerun (delete a line to measure it again). Writes `benchmarks/results/scale.md` and
@@ -35,15 +38,16 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 WORK = Path(tempfile.gettempdir()) / "emm-bench" / "scale"
 MEMBERS = (("mlp_ctr", "mlp", "ctr"), ("deepfm_ctcvr", "deepfm", "ctcvr"))
+MEMORY_ROWS = 2_000_000
 TRAIN = {"epochs": 1, "batch_size": 2048, "lr": 2e-3, "patience": None, "num_threads": 1}
 
 
-def measure_in_child(rows: int, mode: str) -> list[dict[str, Any]]:
-    """One (rows, mode) cell: every stage, each under its own process-tree monitor."""
+def measure_in_child(rows: int, mode: str, seed: int) -> list[dict[str, Any]]:
+    """One (rows, mode, seed) cell: every stage, each under its own process-tree monitor."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from process_tree import TreeMonitor
 
-    cell = WORK / f"{rows}-{mode}"
+    cell = WORK / f"{rows}-{mode}" if seed == 0 else WORK / f"{rows}-{mode}-seed{seed}"
     cell.mkdir(parents=True, exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{cell / 'mlruns.db'}"
 
@@ -69,6 +73,7 @@ def measure_in_child(rows: int, mode: str) -> list[dict[str, Any]]:
             {
                 "rows": rows,
                 "mode": mode,
+                "seed": seed,
                 "stage": name,
                 "wall_s": wall,
                 "cpu_s": tree.cpu_seconds,
@@ -89,9 +94,10 @@ def measure_in_child(rows: int, mode: str) -> list[dict[str, Any]]:
     train_rows = prepared.num_rows("train")
 
     resources = WorkerResources(cpu=1.0)
+    train = TrainConfig(**TRAIN, seed=seed)
     pool = PoolSpec(
         name=f"scale-{mode}",
-        train=TrainConfig(**TRAIN),
+        train=train,
         resources=resources,
         data_mode=mode,
         max_concurrent=1,
@@ -110,7 +116,7 @@ def measure_in_child(rows: int, mode: str) -> list[dict[str, Any]]:
 
     spec = FuseSpec(
         name=f"scale-{mode}",
-        train=TrainConfig(**TRAIN),
+        train=train,
         resources=resources,
         data_mode=mode,
     )
@@ -123,24 +129,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2_000_000, 20_000_000])
     parser.add_argument("--modes", nargs="+", default=["stream", "memory"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/scale.md")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     log = WORK / "measured.jsonl"
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    for rows in args.sizes:
-        # memory mode holds every split in each worker: only where it fits (the 2M check)
-        for mode in [m for m in args.modes if m == "stream" or rows <= 2_000_000]:
-            if any(r["rows"] == rows and r["mode"] == mode for r in done):
-                print(f"{rows} {mode}: measured before, kept", flush=True)
-                continue
-            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as executor:
-                cell = executor.submit(measure_in_child, rows, mode).result()
-            with log.open("a") as out:
-                out.writelines(json.dumps(r) + "\n" for r in cell)
-            done += cell
-            write(args.output, done)
+    for seed, rows, mode in cells(args.seeds, args.sizes, args.modes):
+        if any(key(r) == (rows, mode, seed) for r in done):
+            print(f"{rows} {mode} seed {seed}: measured before, kept", flush=True)
+            continue
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as executor:
+            cell = executor.submit(measure_in_child, rows, mode, seed).result()
+        with log.open("a") as out:
+            out.writelines(json.dumps(r) + "\n" for r in cell)
+        done += cell
+        write(args.output, done)
     write(args.output, done)
+
+
+def cells(seeds: list[int], sizes: list[int], modes: list[str]) -> list[tuple[int, int, str]]:
+    """(seed, rows, mode) in run order: every size at the first seed, then the further
+    seeds at sizes up to 2M. Memory mode holds every split in each worker, so it runs only
+    where that fits (the 2M check)."""
+    return [
+        (seed, rows, mode)
+        for index, seed in enumerate(seeds)
+        for rows in sizes
+        if index == 0 or rows <= MEMORY_ROWS
+        for mode in modes
+        if mode == "stream" or rows <= MEMORY_ROWS
+    ]
 
 
 def write(output: Path, rows: list[dict[str, Any]]) -> None:
@@ -153,17 +172,62 @@ def write(output: Path, rows: list[dict[str, Any]]) -> None:
         "the whole process tree (driver, Ray, workers) during the stage. AUC: validation",
         "(pool: mean of the 2 members). Load: 1-minute load average before / after.",
         "",
-        "| rows | mode | stage | wall s | CPU s | rows/s | peak MiB | AUC | load |",
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| rows | mode | seed | stage | wall s | CPU s | rows/s | peak MiB | AUC | load |",
+        "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         auc = "" if r.get("auc") is None else f"{r['auc']:.4f}"
         lines.append(
-            f"| {r['rows']:,} | {r['mode']} | {r['stage']} | {r['wall_s']:.0f} | "
-            f"{r['cpu_s']:.0f} | {r['rows_per_s']:,.0f} | {r['peak_mib']:,.0f} | {auc} | "
-            f"{r['load_before']:.1f} / {r['load_after']:.1f} |"
+            f"| {r['rows']:,} | {r['mode']} | {r.get('seed', 0)} | {r['stage']} | "
+            f"{r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['rows_per_s']:,.0f} | "
+            f"{r['peak_mib']:,.0f} | {auc} | {r['load_before']:.1f} / {r['load_after']:.1f} |"
         )
-    output.write_text("\n".join(lines) + "\n")
+    output.write_text("\n".join(lines + ["", *summary(rows)]) + "\n")
+
+
+def key(row: dict[str, Any]) -> tuple[int, str, int]:
+    """(rows, mode, seed) of a measured row; rows from before seeds were recorded are 0."""
+    return row["rows"], row["mode"], row.get("seed", 0)
+
+
+def summary(rows: list[dict[str, Any]]) -> list[str]:
+    """Peak of the whole run per size (streamed, first seed) against the smallest size's,
+    and the stream - memory AUC difference per seed beside the spread between seeds."""
+    lines = []
+    peaks = {
+        size: max(r["peak_mib"] for r in rows if key(r) == (size, "stream", 0))
+        for size in sorted({r["rows"] for r in rows if r["mode"] == "stream"})
+    }
+    if len(peaks) > 1:
+        smallest = min(peaks)
+        lines += [
+            f"- Peak of the streamed run at {size:,} rows: {peak:,.0f} MiB, "
+            f"{peak / peaks[smallest]:.2f}x that at {smallest:,} rows"
+            for size, peak in peaks.items()
+            if size != smallest
+        ]
+    for stage in ("pool", "fuse"):
+        auc = {
+            (r["mode"], r.get("seed", 0)): r["auc"]
+            for r in rows
+            if r["rows"] == MEMORY_ROWS and r["stage"] == stage
+        }
+        seeds = sorted({s for _, s in auc if ("stream", s) in auc and ("memory", s) in auc})
+        if not seeds:
+            continue
+        differences = ", ".join(
+            f"{auc['stream', s] - auc['memory', s]:+.4f} (seed {s})" for s in seeds
+        )
+        spread = {
+            mode: max(v for (m, _), v in auc.items() if m == mode)
+            - min(v for (m, _), v in auc.items() if m == mode)
+            for mode in ("stream", "memory")
+        }
+        lines.append(
+            f"- {stage} AUC at {MEMORY_ROWS:,} rows, stream - memory: {differences}; "
+            f"between seeds: stream {spread['stream']:.4f}, memory {spread['memory']:.4f}"
+        )
+    return lines
 
 
 if __name__ == "__main__":
