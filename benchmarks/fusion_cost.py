@@ -24,8 +24,8 @@ With `--dataset ali_ccp` the same comparison runs on synthetic Ali-CCP (`--rows`
 default) streamed as the stages stream a large dataset: each model trains through
 `run_train_job` on Ray Data shards in a child process that starts its own local Ray, the
 fused models after storing their pool's logits beside the shards (a Ray Data actor
-pool); CPU and peak memory (PSS) are then those of the child's process tree, Ray
-included.
+pool; timed, never reused from an earlier run); CPU and peak memory (PSS) are then
+those of the child's process tree, Ray included.
 Writes `fusion_cost_ali_ccp_stream.md` and `.json`.
 
 Each finished model is appended to `<tmp>/emm-bench/fusion-cost-<data>/measured.jsonl`
@@ -43,6 +43,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -190,6 +191,8 @@ def train_streamed_in_child(job: dict[str, Any]) -> dict[str, Any]:
             "precompute_key": module.precompute_key(module.stored_names()),
             "precompute_features": tuple(module.stored_names()),
         }
+        # storing the pool's logits is part of fusion's cost: never time a reused store
+        shutil.rmtree(Path(job["data"]) / "precomputed" / precompute["precompute_key"], True)
     module = module or factory(schema)
     train_job = TrainJob(
         name=job["name"],
