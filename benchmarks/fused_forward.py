@@ -14,12 +14,16 @@ repetitions of one forward of
 - with `--compile`, `emm (torch.compile)`: the first row compiled (`dynamic=True`),
   with its compile time.
 
+With `--profile`, also where the time goes: `torch.profiler` over the same forwards of
+`members` and `emm` at 16 and 4,096 rows, the operator calls per forward and the
+operators taking the most self CPU time, into `fused_forward_profile.md` (and `.json`).
+
 Speed does not depend on the weights' values, so the members are freshly initialised;
 what it depends on (architectures, widths, levels, which corrections are kept) is as in
 the census benchmark. Writes `benchmarks/results/fused_forward.md` and `.json` (rows
 `{"model", "rows", "ms", "ratio_to_members", "load_before", "load_after"}`).
 
-    python benchmarks/fused_forward.py [--compile]
+    python benchmarks/fused_forward.py [--compile] [--profile]
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from fusion_benchmark import MEMBER_HPARAMS, POOLS  # the same pool, run as a script
+from torch.profiler import ProfilerActivity
 
 from emm_ray.config import load_yaml_config
 from emm_ray.data.prepare import DatasetConfig, prepare_dataset
@@ -52,6 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
     parser.add_argument("--compile", action="store_true", help="also torch.compile the emm row")
+    parser.add_argument("--profile", action="store_true", help="also profile members and emm")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/fused_forward.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -122,6 +129,12 @@ def main() -> None:
                 }
             )
     write(args, records, notes, float(difference.abs().max()), len(rows))
+    if args.profile:
+        write_profile(
+            args.output.with_name("fused_forward_profile.md"),
+            {name: setups[name] for name in ("members", "emm")},
+            rows,
+        )
 
 
 def write(
@@ -153,6 +166,69 @@ def write(
     args.output.write_text("\n".join(lines) + "\n")
     args.output.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")
     print(args.output.read_text())
+
+
+def write_profile(output: Path, setups: dict[str, Callable], rows: Any, top: int = 8) -> None:
+    """Operator calls per forward and the top operators by self CPU time, per setup and
+    row count: what the fused forward does that its members' forwards do not."""
+    records = []
+    load_before = os.getloadavg()[0]
+    with torch.inference_mode():
+        for count in (16, 4096):
+            batch = rows.slice(slice(0, count))
+            calls = max(1, 4096 // (count * 4))
+            for name, forward in setups.items():
+                forward(batch.sparse, batch.dense)
+                with torch.profiler.profile(activities=[ProfilerActivity.CPU]) as profiler:
+                    for _ in range(calls):
+                        forward(batch.sparse, batch.dense)
+                events = [e for e in profiler.key_averages() if not e.key.startswith("[")]
+                total_us = sum(e.self_cpu_time_total for e in events) / calls
+                for event in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
+                    records.append(
+                        {
+                            "setup": name,
+                            "rows": count,
+                            "op": event.key,
+                            "calls_per_forward": event.count / calls,
+                            "self_ms_per_forward": event.self_cpu_time_total / calls / 1000,
+                            "share": event.self_cpu_time_total / calls / total_us,
+                        }
+                    )
+                records.append(
+                    {
+                        "setup": name,
+                        "rows": count,
+                        "op": "(all operators)",
+                        "calls_per_forward": sum(e.count for e in events) / calls,
+                        "self_ms_per_forward": total_us / 1000,
+                        "share": 1.0,
+                    }
+                )
+    load_after = os.getloadavg()[0]
+    for record in records:
+        record |= {"load_before": round(load_before, 2), "load_after": round(load_after, 2)}
+    lines = [
+        "# Where the fused forward's time goes (census pool, torch.profiler)",
+        "",
+        f"`python benchmarks/fused_forward.py --profile`, {time.strftime('%Y-%m-%d')}, 1 torch "
+        "thread, inference mode, the setups of `fused_forward.md` (`members`: the four "
+        "members' forwards; `emm`: the shipped fused model, every correction kept). Per "
+        f"forward: operator calls and self CPU time (the profiler adds its own per-call "
+        f"cost, so totals exceed `fused_forward.md`'s). Load (1 min) before / after: "
+        f"{load_before:.2f} / {load_after:.2f}.",
+        "",
+        "| setup | rows | operator | calls / forward | self ms / forward | share |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['setup']} | {r['rows']} | `{r['op']}` | {r['calls_per_forward']:.0f} | "
+        f"{r['self_ms_per_forward']:.3f} | {r['share']:.0%} |"
+        for r in records
+    ]
+    output.write_text("\n".join(lines) + "\n")
+    output.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")
+    print(output.read_text())
 
 
 if __name__ == "__main__":
