@@ -376,6 +376,7 @@ def write(args: argparse.Namespace, measured: list[Measured], pool_size: int, ro
             f"process one after the other, {args.threads} torch thread(s)"
         )
         memory = "peak memory is the child process's peak RSS (data, model, optimiser, features)"
+        load = "a load near 2 means another job shared the 2 cores"
     else:
         title = f"synthetic Ali-CCP, {args.rows:,} rows, streamed"
         setting = (
@@ -389,6 +390,11 @@ def write(args: argparse.Namespace, measured: list[Measured], pool_size: int, ro
             "GCS, raylet, workers: about 1 GB of it is Ray itself), memory as PSS summed "
             "over its processes"
         )
+        load = (
+            "a streamed model keeps both cores busy itself (its trainer and Ray Data's "
+            "reads), so loads of 2-4 are its own, and a load before above 1 is the previous "
+            "model's tail (each starts when the previous one ends)"
+        )
     lines = [
         f"# Fusion cost vs PLE, to convergence ({title})",
         "",
@@ -398,8 +404,8 @@ def write(args: argparse.Namespace, measured: list[Measured], pool_size: int, ro
         f"lr {args.lr}) and {args.fusion_epochs} (fused; lr {args.fusion_lr}, scored before "
         "training as the fuse stage does). Wall and CPU seconds are those of training "
         f"(precomputing the frozen pool's features included); {memory}. Load average (1 "
-        "min) before and after each model: a load near 2 means another job shared the 2 "
-        "cores (a run resumed in a later session measured its models at different times).",
+        f"min) before and after each model: {load} (a run resumed in a later session "
+        "measured its models at different times).",
         "",
         "| model | epochs (best) | trainable params | wall s | CPU s | wall s / epoch | "
         "CPU s / epoch | peak MiB | val AUC | load before / after |",
