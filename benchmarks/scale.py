@@ -218,14 +218,14 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
         differences = ", ".join(
             f"{auc['stream', s] - auc['memory', s]:+.4f} (seed {s})" for s in seeds
         )
-        spread = {
-            mode: max(v for (m, _), v in auc.items() if m == mode)
-            - min(v for (m, _), v in auc.items() if m == mode)
-            for mode in ("stream", "memory")
-        }
+        spreads = []
+        for mode in ("stream", "memory"):
+            values = [v for (m, _), v in auc.items() if m == mode]
+            if len(values) > 1:
+                spreads.append(f"{mode} {max(values) - min(values):.4f}")
+        between = f"; between seeds: {', '.join(spreads)}" if spreads else ""
         lines.append(
-            f"- {stage} AUC at {MEMORY_ROWS:,} rows, stream - memory: {differences}; "
-            f"between seeds: stream {spread['stream']:.4f}, memory {spread['memory']:.4f}"
+            f"- {stage} AUC at {MEMORY_ROWS:,} rows, stream - memory: {differences}{between}"
         )
     return lines
 
