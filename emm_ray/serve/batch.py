@@ -37,6 +37,7 @@ from pydantic import Field
 
 from emm_ray.config import StrictModel
 from emm_ray.data.schema import FeatureSchema
+from emm_ray.data.streaming import IO_TASK
 from emm_ray.errors import ConfigError, DataError
 from emm_ray.serve.loading import load_and_pin, load_registered
 from emm_ray.serve.servable import Servable
@@ -46,9 +47,6 @@ if TYPE_CHECKING:
     import ray.data
 
 DEFAULT_ID_COLUMN = "row_id"
-# Reading and writing are light next to the forward; at Ray's default of 1 CPU a task,
-# actors holding every CPU of the cluster would leave them none (the job stalls).
-IO_TASK = {"num_cpus": 0.1}
 
 
 class ScoreJob(StrictModel):

@@ -100,7 +100,7 @@ def precompute_splits(
     """
     from ray.data import ActorPoolStrategy
 
-    from emm_ray.data.streaming import read_split
+    from emm_ray.data.streaming import IO_TASK, read_split
 
     prepared = PreparedDataset.describe(data_dir)
     directory = storage.join(prepared.location, "precomputed", key)
@@ -114,7 +114,7 @@ def precompute_splits(
         attempt = uuid.uuid4().hex[:12]
         target = storage.join(directory, split, attempt)
         started = time.perf_counter()
-        source = read_split(data_dir, split, with_row_id=True)
+        source = read_split(data_dir, split, with_row_id=True, ray_remote_args=IO_TASK)
         source.map_batches(
             FeatureActor,
             fn_constructor_args=(
@@ -127,7 +127,7 @@ def precompute_splits(
             batch_format="numpy",
             compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
             num_cpus=cpus_per_actor,
-        ).write_parquet(target)
+        ).write_parquet(target, ray_remote_args=IO_TASK)
         rows = _check_written(target, prepared.num_rows(split), split, tuple(features))
         record = {"key": key, "rows": rows, "features": list(features), "attempt": attempt}
         storage.write_bytes(

@@ -134,3 +134,69 @@ def test_streamed_training_from_stored_features_starts_where_it_would_without(
     for name, tensor in plain.state_dict.items():
         if name.startswith("ensemble."):  # the same stacking, fitted on the same rows
             torch.testing.assert_close(cached.state_dict[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def _precompute_in_the_store(location: str, environment: dict[str, str]) -> dict[str, object]:
+    """Runs in a fresh process with its own local Ray, whose workers inherit the store's
+    settings as a cluster's nodes would have them: stores the validation features of data
+    published at `location` and reads them back through Ray Data."""
+    import os
+
+    import ray
+
+    os.environ.update(environment)
+    ray.init(
+        address="local",
+        num_cpus=1,
+        object_store_memory=256 * 1024**2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+    )
+    try:
+        prepared = PreparedDataset.describe(location)
+        build = factory(prepared, seed=0)
+        model = build(prepared.schema)
+        names = tuple(model.stored_names())
+        key = model.precompute_key(names)
+        stored = precompute_splits(build, location, key, names, splits=("validation",))
+        again = precompute_splits(build, location, key, names, splits=("validation",))
+        batch = stored_batches(stored, "validation", PreparedDataset.load(location))
+        expected = model.precompute(batch.sparse, batch.dense)
+        return {
+            "directory": stored.directory,
+            "reused": again.attempts == stored.attempts,
+            "rows": len(batch),
+            "max_difference": max(
+                float((batch.cached[n] - expected[n]).abs().max()) for n in names
+            ),
+        }
+    finally:
+        ray.shutdown()
+
+
+def test_features_of_data_in_an_object_store_are_stored_there(
+    object_store: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streaming fusion on a cluster: the features land beside the shards in the store
+    (not on a node's disk), are reused from there, and read back equal to the model's."""
+    import uuid
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from emm_ray import storage
+    from tests.conftest import BUCKET
+
+    environment = {**object_store, storage.NODE_CACHE_ENV: str(tmp_path / "node")}
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    location = f"s3://{BUCKET}/precompute-{uuid.uuid4().hex[:8]}/prepared"
+    prepared = prepare_dataset(DatasetConfig(rows=2000, seed=3, rows_per_shard=500), location)
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as child:
+        result = child.submit(_precompute_in_the_store, location, environment).result()
+    assert result["directory"].startswith(f"{location}/precomputed/")
+    assert result["reused"]
+    assert result["rows"] == prepared.num_rows("validation")
+    assert result["max_difference"] <= 1e-6
+    stored = [info.path for info in storage.files_under(str(result["directory"]))]
+    assert any(name.endswith(".parquet") for name in stored)
+    assert any(name.endswith(SUCCESS_FILE) for name in stored)
