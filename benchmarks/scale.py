@@ -17,8 +17,10 @@ first-seed cell: they give the seed noise that the stream-memory difference is r
 against.
 
 Finished cells are appended to `<tmp>/emm-bench/scale/measured.jsonl` and skipped on
-rerun (delete a line to measure it again). Writes `benchmarks/results/scale.md` and
-`scale.json` (rows `{"rows", "mode", "stage", "rows_per_s", "peak_mib", "auc", ...}`).
+rerun (delete a line to measure it again); a row's `beside` field, added by hand, says
+what else ran during that stage and is printed under the table. Writes
+`benchmarks/results/scale.md` and `scale.json` (rows `{"rows", "mode", "stage",
+"rows_per_s", "peak_mib", "auc", ...}`).
 Synthetic data: label such results synthetic.
 """
 
@@ -182,7 +184,12 @@ def write(output: Path, rows: list[dict[str, Any]]) -> None:
             f"{r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['rows_per_s']:,.0f} | "
             f"{r['peak_mib']:,.0f} | {auc} | {r['load_before']:.1f} / {r['load_after']:.1f} |"
         )
-    output.write_text("\n".join(lines + ["", *summary(rows)]) + "\n")
+    beside = [
+        f"- {r['rows']:,} {r['mode']} seed {r.get('seed', 0)} {r['stage']}: {r['beside']}"
+        for r in rows
+        if r.get("beside")
+    ]
+    output.write_text("\n".join(lines + ["", *summary(rows), *beside]) + "\n")
 
 
 def key(row: dict[str, Any]) -> tuple[int, str, int]:
