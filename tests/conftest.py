@@ -24,18 +24,25 @@ def data_dir() -> Path:
     return path
 
 
+def start_local_ray(num_cpus: int, object_store_mib: int) -> None:
+    """A new local Ray of this process on 127.0.0.1, without a dashboard."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        object_store_memory=object_store_mib * 1024**2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+    )
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     """One local cluster (2 CPUs, 512 MB object store) shared by every Ray test."""
     import ray
 
-    ray.init(
-        address="local",
-        num_cpus=2,
-        object_store_memory=512 * 1024**2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-    )
+    start_local_ray(num_cpus=2, object_store_mib=512)
     yield
     ray.shutdown()
 

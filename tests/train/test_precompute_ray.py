@@ -144,14 +144,10 @@ def _precompute_in_the_store(location: str, environment: dict[str, str]) -> dict
 
     import ray
 
+    from tests.conftest import start_local_ray
+
     os.environ.update(environment)
-    ray.init(
-        address="local",
-        num_cpus=1,
-        object_store_memory=256 * 1024**2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-    )
+    start_local_ray(num_cpus=1, object_store_mib=256)
     try:
         prepared = PreparedDataset.describe(location)
         build = factory(prepared, seed=0)
