@@ -65,16 +65,31 @@ def tree_pss(root: int | None = None) -> tuple[int, int]:
     """PSS (KiB) of `root` (default: this process) and its live descendants, and how many
     they are. PSS splits shared pages (Ray's object store) among the processes mapping
     them, so the sum is the tree's real footprint."""
-    tree = _tree(root or os.getpid(), _stats())
-    total = count = 0
-    for pid in tree:
+    by_pid = tree_pss_by_pid(root)
+    return sum(by_pid.values()), len(by_pid)
+
+
+def tree_pss_by_pid(root: int | None = None) -> dict[int, int]:
+    """PSS (KiB) of each live process of the tree under `root` (default: this process)."""
+    pss = {}
+    for pid in _tree(root or os.getpid(), _stats()):
         try:
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
         except OSError:  # exited meanwhile
             continue
-        total += next(int(x.split()[1]) for x in rollup.splitlines() if x.startswith("Pss:"))
-        count += 1
-    return total, count
+        pss[pid] = next(int(x.split()[1]) for x in rollup.splitlines() if x.startswith("Pss:"))
+    return pss
+
+
+def role(pid: int) -> str:
+    """What a process is, for grouping memory: its title less the method Ray appends
+    (`ray::TrainWorker.train_fn` -> `ray::TrainWorker`), the driver as `driver`."""
+    name = title(pid)
+    if pid == os.getpid():
+        return "driver"
+    if name.startswith("ray::"):
+        return name.split(".")[0].split()[0]
+    return Path(name).name or "?"
 
 
 def machine_busy_seconds() -> float:
@@ -86,7 +101,8 @@ def machine_busy_seconds() -> float:
 
 class TreeMonitor:
     """Samples the process tree every `interval_s` in a thread while it is entered:
-    `peak_mib` (PSS) and `cpu_seconds`, the CPU its processes used meanwhile.
+    `peak_mib` (PSS), `peak_by_role` (what each kind of process held when the tree
+    peaked, `role`), and `cpu_seconds`, the CPU its processes used meanwhile.
 
     CPU is summed per process from samples (the last one seen, less what it had used
     at entry) because Ray's raylet does not leave its exited workers' time in its own
@@ -97,6 +113,7 @@ class TreeMonitor:
     def __init__(self, interval_s: float = 0.5) -> None:
         self.interval_s = interval_s
         self.peak_mib = 0.0
+        self.peak_by_role: dict[str, float] = {}
         self._start: dict[int, float] = {}
         self._last: dict[int, float] = {}
         self._stopped = threading.Event()
@@ -127,5 +144,12 @@ class TreeMonitor:
     def _sample(self) -> None:
         while not self._stopped.is_set():
             self._last.update(self._tree_cpu())
-            self.peak_mib = max(self.peak_mib, tree_pss()[0] / 1024)
+            by_pid = tree_pss_by_pid()
+            total = sum(by_pid.values()) / 1024
+            if total > self.peak_mib:
+                self.peak_mib = total
+                by_role: dict[str, float] = {}
+                for pid, kib in by_pid.items():
+                    by_role[role(pid)] = by_role.get(role(pid), 0.0) + kib / 1024
+                self.peak_by_role = by_role
             self._stopped.wait(self.interval_s)

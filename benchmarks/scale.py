@@ -9,12 +9,13 @@ process tree sampled per stage (`process_tree.TreeMonitor`: PSS of the driver, R
 processes and every worker) is this run's whole footprint. The two members train one
 after the other with a whole CPU each, one epoch, then the fused model one epoch
 (streamed: the members' logits are first stored beside the shards by a Ray Data actor
-pool). Rows/s: rows handled over the stage's wall time (prepare: rows written; pool:
-training rows x members; fuse: training rows). AUC: validation AUC (pool: the mean of
-the members'). A size's prepared data is shared by its modes and prepared by the first.
-Training seeds after the first (`--seeds`) run at sizes up to 2M only, after every
-first-seed cell: they give the seed noise that the stream-memory difference is read
-against.
+pool). Ray Data reads at most `TrainConfig.stream_buffer_mib` (512 MiB by default) ahead
+of training and of that actor pool. Rows/s: rows handled over the stage's wall time
+(prepare: rows written; pool: training rows x members; fuse: training rows). AUC:
+validation AUC (pool: the mean of the members'). A size's prepared data is shared by
+its modes and prepared by the first. Training seeds after the first (`--seeds`) run at
+sizes up to 2M only, after every first-seed cell: they give the seed noise that the
+stream-memory difference is read against.
 
 Finished cells are appended to `<tmp>/emm-bench/scale/measured.jsonl` and skipped on
 rerun (delete a line to measure it again); a row's `beside` field, added by hand, says
@@ -80,6 +81,7 @@ def measure_in_child(rows: int, mode: str, seed: int) -> list[dict[str, Any]]:
                 "wall_s": wall,
                 "cpu_s": tree.cpu_seconds,
                 "peak_mib": tree.peak_mib,
+                "peak_by_role": tree.peak_by_role,
                 "load_before": load_before,
                 "load_after": os.getloadavg()[0],
             }
@@ -173,6 +175,8 @@ def write(output: Path, rows: list[dict[str, Any]]) -> None:
         "One epoch per model; members one after the other, a whole CPU each. Peak: PSS of",
         "the whole process tree (driver, Ray, workers) during the stage. AUC: validation",
         "(pool: mean of the 2 members). Load: 1-minute load average before / after.",
+        "Ray Data reads at most 512 MiB ahead (`TrainConfig.stream_buffer_mib`) in runs",
+        "from session 12 on; rows without a `peak_by_role` in the JSON predate that cap.",
         "",
         "| rows | mode | seed | stage | wall s | CPU s | rows/s | peak MiB | AUC | load |",
         "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
@@ -189,7 +193,23 @@ def write(output: Path, rows: list[dict[str, Any]]) -> None:
         for r in rows
         if r.get("beside")
     ]
-    output.write_text("\n".join(lines + ["", *summary(rows), *beside]) + "\n")
+    output.write_text(
+        "\n".join(lines + ["", *summary(rows), *beside, *peak_breakdown(rows)]) + "\n"
+    )
+
+
+def peak_breakdown(rows: list[dict[str, Any]], shown: int = 5) -> list[str]:
+    """Who held the memory at each streamed first-seed stage's peak (PSS by process role)."""
+    lines = []
+    for r in rows:
+        if r["mode"] != "stream" or r.get("seed", 0) != 0 or not r.get("peak_by_role"):
+            continue
+        top = sorted(r["peak_by_role"].items(), key=lambda item: -item[1])[:shown]
+        held = ", ".join(f"`{name}` {mib:,.0f}" for name, mib in top)
+        lines.append(f"- At the {r['rows']:,}-row {r['stage']} peak (MiB): {held}")
+    if lines:
+        lines.insert(0, "\nWhere the streamed peaks were, by process role:\n")
+    return lines
 
 
 def key(row: dict[str, Any]) -> tuple[int, str, int]:

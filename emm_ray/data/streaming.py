@@ -30,6 +30,24 @@ if TYPE_CHECKING:
 IO_TASK: dict[str, Any] = {"num_cpus": 0.1}
 
 
+def cap_read_ahead(options: ray.data.ExecutionOptions, buffer_mib: int) -> None:
+    """Cap the object-store memory Ray Data fills with blocks read ahead at `buffer_mib`.
+    By default it reads ahead until half the object store is full, so a split larger than
+    that makes a run's memory grow with the table, not with the model."""
+    options.resource_limits = options.resource_limits.copy(
+        object_store_memory=buffer_mib * 1024 * 1024
+    )
+
+
+def ingest_options(buffer_mib: int) -> ray.data.ExecutionOptions:
+    """Ray Train's default ingest options with read-ahead capped (`cap_read_ahead`)."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    cap_read_ahead(options, buffer_mib)
+    return options
+
+
 def split_columns(schema: FeatureSchema, with_row_id: bool = False) -> list[str]:
     """Columns a model needs (sparse, dense, labels), optionally with the stable row id."""
     columns = schema.sparse_names + schema.dense_names + schema.task_names

@@ -64,6 +64,9 @@ class TrainConfig(StrictModel):
     `precompute` lets a module with a `precompute(sparse, dense)` method (the fused
     model: what its frozen pool computes from the inputs alone) compute those features
     once per in-memory split instead of at every step of every epoch.
+    `stream_buffer_mib` caps the object-store memory Ray Data fills with blocks read
+    ahead of a streamed split (`streaming.ingest_options`), so a run's memory does not
+    grow with the table.
     """
 
     epochs: int = Field(10, ge=1)
@@ -80,6 +83,7 @@ class TrainConfig(StrictModel):
     num_threads: int | None = Field(None, ge=1)
     validate_initial: bool = False
     precompute: bool = True
+    stream_buffer_mib: int = Field(512, ge=16)
 
     def eval_batch_size_on(self, device: torch.device | str) -> int:
         """Rows per forward when scoring on `device`: the configured size, else its default."""

@@ -92,15 +92,17 @@ def precompute_splits(
     splits: Sequence[str] = ("train", "validation"),
     actors: int = 1,
     cpus_per_actor: float = 0.5,
+    buffer_mib: int = 512,
 ) -> PrecomputedSplits:
     """Store the `features` of `module_factory(schema).precompute` for each split of
     `data_dir` under `key` (which must name them: `EMMModel.precompute_key(features)`).
 
-    Reuses complete splits; needs a running Ray.
+    Reuses complete splits; needs a running Ray. `buffer_mib` caps the rows read ahead
+    of the actors (`streaming.cap_read_ahead`).
     """
     from ray.data import ActorPoolStrategy
 
-    from emm_ray.data.streaming import IO_TASK, read_split
+    from emm_ray.data.streaming import IO_TASK, cap_read_ahead, read_split
 
     prepared = PreparedDataset.describe(data_dir)
     directory = storage.join(prepared.location, "precomputed", key)
@@ -115,6 +117,7 @@ def precompute_splits(
         target = storage.join(directory, split, attempt)
         started = time.perf_counter()
         source = read_split(data_dir, split, with_row_id=True, ray_remote_args=IO_TASK)
+        cap_read_ahead(source.context.execution_options, buffer_mib)
         source.map_batches(
             FeatureActor,
             fn_constructor_args=(

@@ -38,7 +38,7 @@ from emm_ray.config import StrictModel
 from emm_ray.data.batch import Batch
 from emm_ray.data.prepare import PreparedDataset
 from emm_ray.data.schema import FeatureSchema
-from emm_ray.data.streaming import load_schema
+from emm_ray.data.streaming import ingest_options, load_schema
 from emm_ray.progress import epoch_publisher
 from emm_ray.runtime import current_node
 from emm_ray.train.loop import (
@@ -281,7 +281,10 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
             ),
             run_config=run_config,
             datasets=datasets,
-            dataset_config=DataConfig(datasets_to_split=["train"]),
+            dataset_config=DataConfig(
+                datasets_to_split=["train"],
+                execution_options=ingest_options(job.config.stream_buffer_mib),
+            ),
         )
         try:
             result = trainer.fit()
@@ -376,6 +379,7 @@ def _precomputed_datasets(job: TrainJob) -> tuple[dict[str, Any], tuple[str, ...
         job.precompute_features,
         actors=job.resources.num_workers,
         cpus_per_actor=job.resources.cpu,
+        buffer_mib=job.config.stream_buffer_mib,
     )
     schema = load_schema(job.data_dir)
     datasets = {

@@ -10,7 +10,14 @@ import torch
 
 from emm_ray.data.audit import audit_split
 from emm_ray.data.prepare import DatasetConfig, PreparedDataset, prepare_dataset
-from emm_ray.data.streaming import iter_batches, load_schema, load_split, read_split
+from emm_ray.data.streaming import (
+    cap_read_ahead,
+    ingest_options,
+    iter_batches,
+    load_schema,
+    load_split,
+    read_split,
+)
 from emm_ray.errors import DataError
 
 
@@ -74,6 +81,28 @@ def test_ray_data_batches_match_the_in_memory_split(prepared: PreparedDataset, r
     assert sum(len(b) for b in shuffled) == len(whole)
     assert torch.equal(torch.cat([b.sparse for b in shuffled]).sum(0), whole.sparse.sum(0))
     assert not torch.equal(shuffled[0].sparse, batches[0].sparse)
+
+
+def test_ingest_options_cap_read_ahead_and_keep_train_defaults() -> None:
+    from ray.train import DataConfig
+
+    default = DataConfig.default_ingest_options()
+    capped = ingest_options(64)
+    assert capped.resource_limits.object_store_memory == 64 * 1024 * 1024
+    assert capped.resource_limits.cpu == default.resource_limits.cpu
+    assert capped.preserve_order == default.preserve_order
+    assert default.resource_limits.object_store_memory != 64 * 1024 * 1024
+
+
+@pytest.mark.timeout(120)
+def test_a_read_ahead_cap_below_one_block_still_streams_every_row(
+    prepared: PreparedDataset, ray_cluster
+) -> None:
+    data = read_split(prepared.path, "train")
+    cap_read_ahead(data.context.execution_options, 1)
+    batches = list(iter_batches(data, prepared.schema, batch_size=256))
+    assert data.context.execution_options.resource_limits.object_store_memory == 1024 * 1024
+    assert sum(len(b) for b in batches) == prepared.num_rows("train")
 
 
 def test_shuffle_buffer_must_hold_a_batch(prepared: PreparedDataset) -> None:
