@@ -30,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--actors", type=int, default=1, help="scoring actors (Ray Data pool)")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=8192, help="rows per model call")
+    parser.add_argument(
+        "--buffer-mib", type=int, default=512, help="MiB of rows read ahead of the actors"
+    )
     add_ray_options(parser)
     return parser.parse_args(argv)
 
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         actors=args.actors,
         cpus_per_actor=args.cpus_per_actor,
         batch_size=args.batch_size,
+        buffer_mib=args.buffer_mib,
     )
     init_ray(num_cpus=args.num_cpus, worker_logs=args.ray_logs)
     report = score_table(job)

@@ -37,7 +37,7 @@ from pydantic import Field
 
 from emm_ray.config import StrictModel
 from emm_ray.data.schema import FeatureSchema
-from emm_ray.data.streaming import IO_TASK
+from emm_ray.data.streaming import IO_TASK, cap_read_ahead
 from emm_ray.errors import ConfigError, DataError
 from emm_ray.serve.loading import load_and_pin, load_registered
 from emm_ray.serve.servable import Servable
@@ -50,7 +50,9 @@ DEFAULT_ID_COLUMN = "row_id"
 
 
 class ScoreJob(StrictModel):
-    """What to score, with which model, where the scores go, and with how many actors."""
+    """What to score, with which model, where the scores go, and with how many actors;
+    `buffer_mib` caps the rows Ray Data reads ahead of the actors (`cap_read_ahead`), so
+    scoring a table larger than memory holds that much, not half the object store."""
 
     model_uri: str
     input_path: str
@@ -60,6 +62,7 @@ class ScoreJob(StrictModel):
     actors: int = Field(1, ge=1)
     cpus_per_actor: float = Field(1.0, gt=0)
     batch_size: int = Field(8192, ge=1)
+    buffer_mib: int = Field(512, ge=1)
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,7 @@ def score_table(job: ScoreJob) -> ScoreReport:
     context.raise_original_map_exception, context.use_datasource_v2 = True, False
     try:
         data = read_raw_table(job.input_path, servable.schema)
+        cap_read_ahead(data.context.execution_options, job.buffer_mib)
         check_columns(servable.schema, data.columns(), job.id_column)
         data.map_batches(
             BatchScorer,

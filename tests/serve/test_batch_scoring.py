@@ -46,9 +46,17 @@ def scores(directory: Path, tasks: tuple[str, ...]) -> tuple[list[int], np.ndarr
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize(("kind", "actors"), [("csv", 2), ("parquet", 1)])
+@pytest.mark.parametrize(
+    ("kind", "actors", "buffer_mib"),
+    [("csv", 2, 1), ("parquet", 1, 512)],  # 1 MiB: less read-ahead than one block holds
+)
 def test_scores_are_the_models_own_probabilities(
-    ray_cluster: None, model: RegisteredModel, tmp_path: Path, kind: str, actors: int
+    ray_cluster: None,
+    model: RegisteredModel,
+    tmp_path: Path,
+    kind: str,
+    actors: int,
+    buffer_mib: int,
 ) -> None:
     rows = raw_rows(SCHEMA, count=700, seed=5)
     source = tmp_path / "input"
@@ -69,6 +77,7 @@ def test_scores_are_the_models_own_probabilities(
             actors=actors,
             cpus_per_actor=0.95,  # 2 actors hold every CPU but what reading and writing take
             batch_size=128,
+            buffer_mib=buffer_mib,
         )
     )
     assert report.rows == len(rows) and report.version == model.version
