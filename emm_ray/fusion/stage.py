@@ -390,7 +390,7 @@ def _train_and_log(
     logger.info(
         "%s: fused, val AUC %.4f (epoch %d) in %.1f s, run %s",
         spec.name,
-        outcome.best_score,
+        outcome.shipped_metrics["val_auc"],
         outcome.best_epoch,
         outcome.wall_seconds,
         run_id,
@@ -414,6 +414,8 @@ def _log_outcome(
         run_id,
         {
             **{f"best_{k}": v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
+            **{f"final_{k}": v for k, v in outcome.shipped_metrics.items() if k.startswith("val_")},
+            **correction_choice_metrics(outcome.finish_report),
             "best_epoch": float(outcome.best_epoch),
             "epochs_run": float(len(outcome.history)),
             "wall_seconds": outcome.wall_seconds,
@@ -428,7 +430,7 @@ def _log_outcome(
             model,
             directory,
             spec.name,
-            metrics={k: v for k, v in outcome.best_metrics.items() if k.startswith("val_")},
+            metrics={k: v for k, v in outcome.shipped_metrics.items() if k.startswith("val_")},
             data_fingerprint=fingerprint,
             extra={
                 "run_id": run_id,
@@ -442,3 +444,17 @@ def _log_outcome(
     tag_resumed(client, run_id, outcome.resumed_after_epoch)
     tag_nodes(client, run_id, outcome.nodes)
     return manifest
+
+
+def correction_choice_metrics(report: dict[str, dict[str, float]] | None) -> dict[str, float]:
+    """MLflow metrics of the per-task choice after training (`finish_training`): the
+    validation AUC of the bare ensemble and with the correction, and which was kept."""
+    return {
+        f"{name}_{task}": float(value)
+        for task, choice in (report or {}).items()
+        for name, value in (
+            ("ensemble_val_auc", choice["ensemble_auc"]),
+            ("corrected_val_auc", choice["corrected_auc"]),
+            ("correction_kept", choice["kept"]),
+        )
+    }

@@ -204,7 +204,12 @@ class EpochEnd:
 
 @dataclass
 class FitResult:
-    """Best weights (on CPU), per-epoch metrics and the epoch they came from."""
+    """Best weights (on CPU), per-epoch metrics and the epoch they came from.
+
+    `finish_report` is what the module's `finish_training` decided (a fused model: per
+    task, whether its correction was kept); when that changed the model, `final_metrics`
+    are the validation metrics of the model as returned, not of the best epoch.
+    """
 
     best_state: dict[str, torch.Tensor]
     history: list[dict[str, float]]
@@ -212,6 +217,8 @@ class FitResult:
     best_score: float
     stopped_early: bool
     initial_metrics: dict[str, float] | None = None
+    finish_report: dict[str, dict[str, float]] | None = None
+    final_metrics: dict[str, float] | None = None
 
     @property
     def best_metrics(self) -> dict[str, float]:
@@ -347,9 +354,13 @@ def fit(
 
     unwrap(module).load_state_dict(state.best_state)
     finish = getattr(unwrap(module), "finish_training", None)
+    finish_report, final_metrics = None, None
     if finish is not None:
-        finish(validation.batches(state.epoch + 1))
+        finish_report = finish(validation.batches(state.epoch + 1))
         state.best_state = unwrap(module).state_dict()
+        if any(not choice["kept"] for choice in (finish_report or {}).values()):
+            scores = evaluate(module, validation, tasks, names, device=device)
+            final_metrics = {f"val_{k}": v for k, v in scores.items()}
     return FitResult(
         best_state=_cpu_state(state.best_state),
         history=state.history,
@@ -357,6 +368,8 @@ def fit(
         best_score=state.best_score,
         stopped_early=stopping and state.epoch < config.epochs,
         initial_metrics=state.initial_metrics,
+        finish_report=finish_report,
+        final_metrics=final_metrics,
     )
 
 

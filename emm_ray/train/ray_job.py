@@ -114,6 +114,14 @@ class TrainOutcome:
     initial_metrics: dict[str, float] | None = None
     resumed_after_epoch: int = 0  # > 0: a process died and the run went on from that epoch
     nodes: tuple[str, ...] = ()  # the Ray node of each worker, by rank (placement records)
+    finish_report: dict[str, dict[str, float]] | None = None  # `FitResult.finish_report`
+    final_metrics: dict[str, float] | None = None  # set when the finish step changed the model
+
+    @property
+    def shipped_metrics(self) -> dict[str, float]:
+        """Validation metrics of the weights returned: the best epoch's, or those measured
+        after the finish step changed the model (a fused task that kept its ensemble)."""
+        return self.final_metrics or self.best_metrics
 
     @property
     def best_score(self) -> float:
@@ -202,6 +210,8 @@ def fit_in_process(
         run_path="",
         initial_metrics=result.initial_metrics,
         nodes=(current_node(),),
+        finish_report=result.finish_report,
+        final_metrics=result.final_metrics,
     )
 
 
@@ -319,6 +329,8 @@ def run_train_job(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
         initial_metrics=returned["initial_metrics"],
         resumed_after_epoch=returned["resumed_after_epoch"],
         nodes=tuple(returned["nodes"]),
+        finish_report=returned["finish_report"],
+        final_metrics=returned["final_metrics"],
     )
 
 
@@ -468,6 +480,8 @@ def _train_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         "history": result.history,
         "best_epoch": result.best_epoch,
         "initial_metrics": result.initial_metrics,
+        "finish_report": result.finish_report,
+        "final_metrics": result.final_metrics,
         "stopped_early": result.stopped_early,
         "device": str(device),
         "resumed_after_epoch": int(resume["fit"]["epoch"]) if resume else 0,

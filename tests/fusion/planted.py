@@ -22,7 +22,7 @@ from emm_ray.data.batch import Batch
 from emm_ray.data.schema import DenseField, FeatureSchema, SparseField, Task
 from emm_ray.fusion.decompose import PoolMember
 from emm_ray.models import build_model
-from emm_ray.train.loop import TensorBatches, TrainConfig, fit, seed_everything
+from emm_ray.train.loop import FitResult, TensorBatches, TrainConfig, fit, seed_everything
 
 CATEGORIES = 10
 STRONG, WEAK = 2.5, 1.5
@@ -100,9 +100,9 @@ def train_module(
     validation: Batch,
     task_indices: Sequence[int],
     config: TrainConfig | None = None,
-) -> None:
+) -> FitResult:
     config = config or quick_config()
-    fit(
+    return fit(
         module,
         TensorBatches(train, config.batch_size, shuffle=True, seed=config.seed),
         TensorBatches(validation, 4096),

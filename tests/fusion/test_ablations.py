@@ -135,7 +135,7 @@ def test_the_training_loop_makes_the_choice_on_the_weights_it_returns(
         tower[-1].weight.normal_(0.0, 1.0)
         tower[-1].weight.mul_(-50.0 * torch.sign(tower[-1].weight))
         tower[-1].bias.zero_()
-    train_module(
+    result = train_module(
         model,
         planted.train,
         planted.validation,
@@ -143,6 +143,13 @@ def test_the_training_loop_makes_the_choice_on_the_weights_it_returns(
         quick_config(lr=1e-9, batch_size=512, epochs=1, validate_initial=True),
     )
     assert not bool(model.ensemble.correction_mask()[1]), "the loop did not drop task1's correction"
+    # what it reports is the model it returns: task1's AUC is the bare ensemble's now
+    assert result.finish_report is not None and not result.finish_report["task1"]["kept"]
+    assert result.final_metrics is not None
+    assert result.final_metrics["val_auc_task1"] == pytest.approx(
+        result.finish_report["task1"]["ensemble_auc"], abs=1e-6
+    )
+    assert result.final_metrics["val_auc_task1"] > result.best_metrics["val_auc_task1"]
     chosen = model.ensemble.correction_mask().tolist()
     with torch.no_grad():
         for ensemble in model.ensemble.tasks:  # undo the loop's choice, then choose again
