@@ -102,7 +102,8 @@ def machine_busy_seconds() -> float:
 class TreeMonitor:
     """Samples the process tree every `interval_s` in a thread while it is entered:
     `peak_mib` (PSS), `peak_by_role` (what each kind of process held when the tree
-    peaked, `role`), and `cpu_seconds`, the CPU its processes used meanwhile.
+    peaked, `role`), and `cpu_seconds`, the CPU its processes used meanwhile (by role:
+    `cpu_by_role`).
 
     CPU is summed per process from samples (the last one seen, less what it had used
     at entry) because Ray's raylet does not leave its exited workers' time in its own
@@ -116,12 +117,21 @@ class TreeMonitor:
         self.peak_by_role: dict[str, float] = {}
         self._start: dict[int, float] = {}
         self._last: dict[int, float] = {}
+        self._roles: dict[int, str] = {}
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     @property
     def cpu_seconds(self) -> float:
-        return sum(cpu - self._start.get(pid, 0.0) for pid, cpu in self._last.items())
+        return sum(self.cpu_by_role.values())
+
+    @property
+    def cpu_by_role(self) -> dict[str, float]:
+        by_role: dict[str, float] = {}
+        for pid, cpu in self._last.items():
+            name = self._roles.get(pid, "?")
+            by_role[name] = by_role.get(name, 0.0) + cpu - self._start.get(pid, 0.0)
+        return by_role
 
     def __enter__(self) -> TreeMonitor:
         self._start = self._tree_cpu()
@@ -145,11 +155,16 @@ class TreeMonitor:
         while not self._stopped.is_set():
             self._last.update(self._tree_cpu())
             by_pid = tree_pss_by_pid()
+            for pid in by_pid:  # Ray workers retitle as they take tasks; idle says least
+                name = role(pid)
+                if name != "ray::IDLE" or pid not in self._roles:
+                    self._roles[pid] = name
             total = sum(by_pid.values()) / 1024
             if total > self.peak_mib:
                 self.peak_mib = total
                 by_role: dict[str, float] = {}
                 for pid, kib in by_pid.items():
-                    by_role[role(pid)] = by_role.get(role(pid), 0.0) + kib / 1024
+                    name = self._roles[pid]
+                    by_role[name] = by_role.get(name, 0.0) + kib / 1024
                 self.peak_by_role = by_role
             self._stopped.wait(self.interval_s)

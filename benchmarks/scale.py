@@ -7,7 +7,8 @@ Each (rows, mode) runs the real stages (`prepare_dataset`, `train_pool`, `fuse_p
 with a SQLite MLflow store) in a fresh process that starts its own local Ray, so the
 process tree sampled per stage (`process_tree.TreeMonitor`: PSS of the driver, Ray's
 processes and every worker) is this run's whole footprint. The two members train one
-after the other with a whole CPU each, one epoch, then the fused model one epoch
+after the other with a whole CPU each, one epoch, then the fused model (the shipped
+`configs/fusion/emm.yaml`: it starts at the pool's ensemble) one epoch
 (streamed: the members' logits are first stored beside the shards by a Ray Data actor
 pool). Ray Data reads at most `TrainConfig.stream_buffer_mib` (512 MiB by default) ahead
 of training and of that actor pool. Rows/s: rows handled over the stage's wall time
@@ -54,7 +55,9 @@ def measure_in_child(rows: int, mode: str, seed: int) -> list[dict[str, Any]]:
     cell.mkdir(parents=True, exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{cell / 'mlruns.db'}"
 
+    from emm_ray.config import load_yaml_config
     from emm_ray.data.prepare import DatasetConfig, prepare_dataset
+    from emm_ray.fusion.config import FusionConfig
     from emm_ray.fusion.stage import FuseSpec, fuse_pool
     from emm_ray.runtime import init_ray
     from emm_ray.train.loop import TrainConfig
@@ -82,6 +85,7 @@ def measure_in_child(rows: int, mode: str, seed: int) -> list[dict[str, Any]]:
                 "cpu_s": tree.cpu_seconds,
                 "peak_mib": tree.peak_mib,
                 "peak_by_role": tree.peak_by_role,
+                "cpu_by_role": tree.cpu_by_role,
                 "load_before": load_before,
                 "load_after": os.getloadavg()[0],
             }
@@ -120,6 +124,7 @@ def measure_in_child(rows: int, mode: str, seed: int) -> list[dict[str, Any]]:
 
     spec = FuseSpec(
         name=f"scale-{mode}",
+        fusion=load_yaml_config(REPO / "configs/fusion/emm.yaml", FusionConfig),
         train=train,
         resources=resources,
         data_mode=mode,
@@ -175,8 +180,9 @@ def write(output: Path, rows: list[dict[str, Any]]) -> None:
         "One epoch per model; members one after the other, a whole CPU each. Peak: PSS of",
         "the whole process tree (driver, Ray, workers) during the stage. AUC: validation",
         "(pool: mean of the 2 members). Load: 1-minute load average before / after.",
-        "Ray Data reads at most 512 MiB ahead (`TrainConfig.stream_buffer_mib`) in runs",
-        "from session 12 on; rows without a `peak_by_role` in the JSON predate that cap.",
+        "Fused model: the shipped `configs/fusion/emm.yaml`. Ray Data reads at most 512 MiB",
+        "ahead (`TrainConfig.stream_buffer_mib`) and its scheduling loop is paced",
+        "(`emm_ray/data/pacing.py`). CPU and peak by process role are in the JSON twin.",
         "",
         "| rows | mode | seed | stage | wall s | CPU s | rows/s | peak MiB | AUC | load |",
         "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",

@@ -85,17 +85,22 @@ def read_split(
 def read_parquet_columns(
     directory: str | Path, columns: list[str], *, ray_remote_args: dict[str, Any] | None = None
 ) -> ray.data.Dataset:
-    """A lazy Ray Dataset over `columns` of the parquet files under `directory`."""
+    """A lazy Ray Dataset over `columns` of the parquet files under `directory`, paced
+    (`pacing.IdleBackoff`)."""
     import ray.data
+
+    from emm_ray.data.pacing import pace
 
     context = ray.data.DataContext.get_current()
     use_v2, context.use_datasource_v2 = context.use_datasource_v2, False
     try:
-        return ray.data.read_parquet(
-            str(directory),
-            columns=columns,
-            file_extensions=["parquet"],
-            ray_remote_args=ray_remote_args or {},
+        return pace(
+            ray.data.read_parquet(
+                str(directory),
+                columns=columns,
+                file_extensions=["parquet"],
+                ray_remote_args=ray_remote_args or {},
+            )
         )
     finally:
         context.use_datasource_v2 = use_v2

@@ -199,6 +199,8 @@ def score_table(job: ScoreJob) -> ScoreReport:
     import ray
     import ray.data
 
+    from emm_ray.data.pacing import pace
+
     started = time.perf_counter()
     requested = ServeSettings(model_uri=job.model_uri, tracking_uri=job.tracking_uri)
     settings, servable, description = load_and_pin(
@@ -228,7 +230,7 @@ def score_table(job: ScoreJob) -> ScoreReport:
     original = (context.raise_original_map_exception, context.use_datasource_v2)
     context.raise_original_map_exception, context.use_datasource_v2 = True, False
     try:
-        data = read_raw_table(job.input_path, servable.schema)
+        data = pace(read_raw_table(job.input_path, servable.schema))
         cap_read_ahead(data.context.execution_options, job.buffer_mib)
         check_columns(servable.schema, data.columns(), job.id_column)
         data.map_batches(
