@@ -153,11 +153,12 @@ class TreeMonitor:
 
     def _sample(self) -> None:
         while not self._stopped.is_set():
-            self._last.update(self._tree_cpu())
+            cpu = self._tree_cpu()
+            self._last.update(cpu)
             by_pid = tree_pss_by_pid()
-            for pid in by_pid:  # Ray workers retitle as they take tasks; idle says least
-                name = role(pid)
-                if name != "ray::IDLE" or pid not in self._roles:
+            for pid in cpu.keys() | by_pid.keys():
+                name = role(pid)  # Ray workers retitle as they take tasks; idle says least
+                if name not in ("?", "ray::IDLE") or pid not in self._roles:
                     self._roles[pid] = name
             total = sum(by_pid.values()) / 1024
             if total > self.peak_mib:

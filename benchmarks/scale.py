@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -52,7 +53,8 @@ def measure_in_child(rows: int, mode: str, seed: int) -> list[dict[str, Any]]:
     from process_tree import TreeMonitor
 
     cell = WORK / f"{rows}-{mode}" if seed == 0 else WORK / f"{rows}-{mode}-seed{seed}"
-    cell.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(cell, ignore_errors=True)  # runs logged there would be reused, not measured
+    cell.mkdir(parents=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{cell / 'mlruns.db'}"
 
     from emm_ray.config import load_yaml_config

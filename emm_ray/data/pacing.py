@@ -3,10 +3,10 @@
 Ray Data's streaming executor (Ray 2.60) blocks in `ray.wait` only while it has tasks
 in flight. Once its read-ahead budget is full and every read has finished, which is
 most of a training epoch (the model consumes rows slower than parquet is read), each
-step returns at once and the loop runs flat out: measured on this 2-core machine, the
-`SplitCoordinator` of a streamed training run took 80 % of a core, next to the training
-worker that needed it (docs/ARCHITECTURE.md). `IdleBackoff` sleeps briefly in a step
-that came right after the previous one, which only a loop with nothing to wait for does.
+step returns at once and the loop runs flat out, taking a core from the training worker
+beside it (measured: docs/ARCHITECTURE.md, `benchmarks/results/ingest_pacing.md`).
+`IdleBackoff` sleeps briefly in a step that came right after the previous one, which
+only a loop with nothing to wait for does.
 """
 
 from __future__ import annotations
