@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 # and a 0.5-CPU actor could never schedule them, and the job waits forever.
 IO_TASK: dict[str, Any] = {"num_cpus": 0.1}
 
+# The smallest read-ahead cap a config accepts: Ray Data still runs one read task at a
+# time under any cap, so even 1 MiB finishes (slowly); 0 would read nothing ahead.
+MIN_READ_AHEAD_MIB = 1
+
 
 def cap_read_ahead(options: ray.data.ExecutionOptions, buffer_mib: int) -> None:
     """Cap the object-store memory Ray Data fills with blocks read ahead at `buffer_mib`.

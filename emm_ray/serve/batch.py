@@ -37,7 +37,7 @@ from pydantic import Field
 
 from emm_ray.config import StrictModel
 from emm_ray.data.schema import FeatureSchema
-from emm_ray.data.streaming import IO_TASK, cap_read_ahead
+from emm_ray.data.streaming import IO_TASK, MIN_READ_AHEAD_MIB, cap_read_ahead
 from emm_ray.errors import ConfigError, DataError
 from emm_ray.serve.loading import load_and_pin, load_registered
 from emm_ray.serve.servable import Servable
@@ -62,7 +62,7 @@ class ScoreJob(StrictModel):
     actors: int = Field(1, ge=1)
     cpus_per_actor: float = Field(1.0, gt=0)
     batch_size: int = Field(8192, ge=1)
-    buffer_mib: int = Field(512, ge=1)
+    buffer_mib: int = Field(512, ge=MIN_READ_AHEAD_MIB)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from torch import nn
 
 from emm_ray.config import StrictModel
 from emm_ray.data.batch import Batch
+from emm_ray.data.streaming import MIN_READ_AHEAD_MIB
 from emm_ray.errors import DataError, EmmError
 
 CPU_INFERENCE_BATCH = 4096
@@ -83,7 +84,7 @@ class TrainConfig(StrictModel):
     num_threads: int | None = Field(None, ge=1)
     validate_initial: bool = False
     precompute: bool = True
-    stream_buffer_mib: int = Field(512, ge=16)
+    stream_buffer_mib: int = Field(512, ge=MIN_READ_AHEAD_MIB)
 
     def eval_batch_size_on(self, device: torch.device | str) -> int:
         """Rows per forward when scoring on `device`: the configured size, else its default."""
