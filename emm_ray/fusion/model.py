@@ -45,6 +45,7 @@ from emm_ray.fusion.decompose import AlignedMember, PoolMember, check_members, d
 from emm_ray.fusion.ensemble import PoolEnsemble
 from emm_ray.fusion.frozen import freeze_, keep_frozen_in_eval
 from emm_ray.fusion.stack import AKFStack, PoolLayout
+from emm_ray.train.collect import RowCollector
 
 logger = logging.getLogger(__name__)
 
@@ -312,13 +313,12 @@ class EMMModel(nn.Module):
         if not tasks:
             return
         device = next(self.parameters()).device
-        logits: dict[int, list[torch.Tensor]] = {t: [] for t in tasks}
-        labels: list[torch.Tensor] = []
-        rows = 0
+        logits = {t: RowCollector() for t in tasks}
+        labels = RowCollector()
         for batch in batches:
-            if rows >= max_rows:
+            if labels.rows >= max_rows:
                 continue
-            batch = batch.slice(slice(0, max_rows - rows)).to(device)
+            batch = batch.slice(slice(0, max_rows - labels.rows)).to(device)
             features = batch.cached or self.precompute(batch.sparse, batch.dense)
             for task in tasks:
                 logits[task].append(
@@ -327,13 +327,12 @@ class EMMModel(nn.Module):
                     ).float()
                 )
             labels.append(batch.labels)
-            rows += len(batch)
-        if not rows:
+        if not labels.rows:
             raise DataError("cannot fit the pool ensemble: the validation data yielded no rows")
-        label_columns = torch.cat(labels)
+        label_columns = labels.result()
         self.ensemble.fit(
             tasks,
-            {t: torch.cat(logits[t]) for t in tasks},
+            {t: logits[t].result() for t in tasks},
             {t: label_columns[:, self.schema.task_index(self.task_names[t])] for t in tasks},
             self.task_names,
         )
@@ -353,19 +352,19 @@ class EMMModel(nn.Module):
         device = next(self.parameters()).device
         was_training = self.training
         self.eval()
-        bases, corrected, labels = [], [], []
+        bases, corrected, labels = RowCollector(), RowCollector(), RowCollector()
         try:
             for batch in batches:
                 batch = batch.to(device)
                 output = self.parts(batch.sparse, batch.dense, trace=False, cached=batch.cached)
-                bases.append(output.base.float().cpu())
-                corrected.append((output.base + output.correction).float().cpu())
-                labels.append(batch.labels[:, self.task_indices].cpu())
+                bases.append(output.base.float())
+                corrected.append((output.base + output.correction).float())
+                labels.append(batch.labels[:, self.task_indices])
         finally:
             self.train(was_training)
-        if not labels:
+        if not labels.rows:
             raise DataError("cannot choose the corrections: the validation data yielded no rows")
-        base, full, label = torch.cat(bases), torch.cat(corrected), torch.cat(labels)
+        base, full, label = bases.result(), corrected.result(), labels.result()
         choice: dict[str, dict[str, float]] = {}
         for task in self.open_tasks:
             name = self.task_names[task]

@@ -40,6 +40,7 @@ from emm_ray.config import StrictModel
 from emm_ray.data.batch import Batch
 from emm_ray.data.streaming import MIN_READ_AHEAD_MIB
 from emm_ray.errors import DataError, EmmError
+from emm_ray.train.collect import RowCollector
 
 CPU_INFERENCE_BATCH = 4096
 DEVICE_INFERENCE_BATCH = 65536
@@ -422,8 +423,7 @@ def predict_logits(
     device = torch.device(device) if device is not None else _module_device(module)
     was_training = module.training
     module.eval()
-    outputs: list[torch.Tensor] = []
-    labels: list[torch.Tensor] = []
+    outputs, labels = RowCollector(), RowCollector()
     try:
         with _autocast(_autocast_dtype(amp, device), device):
             for batch in source.batches(0):
@@ -432,12 +432,14 @@ def predict_logits(
                 labels.append(batch.labels)
     finally:
         module.train(was_training)
-    logits = torch.cat(outputs).cpu()
+    if not outputs.rows:
+        raise DataError("nothing to score: the data yielded no rows")
+    logits = outputs.result()
     if logits.shape[1] != num_tasks:
         raise EmmError(
             f"the module returned {logits.shape[1]} logits per row, expected {num_tasks}"
         )
-    return logits, torch.cat(labels).cpu()
+    return logits, labels.result()
 
 
 def evaluate(
