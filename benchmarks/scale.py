@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py                                  # 2M stream + memory, 20M stream
     python benchmarks/scale.py --sizes 2000000 --modes stream   # one cell
+    python benchmarks/scale.py --sparse-max-ids 60000           # same, vocabularies capped
 
 Each (rows, mode) runs the real stages (`prepare_dataset`, `train_pool`, `fuse_pool`,
 with a SQLite MLflow store) in a fresh process that starts its own local Ray, so the
@@ -14,7 +15,11 @@ pool). Ray Data reads at most `TrainConfig.stream_buffer_mib` (512 MiB by defaul
 of training and of that actor pool. Rows/s: rows handled over the stage's wall time
 (prepare: rows written; pool: training rows x members; fuse: training rows). AUC:
 validation AUC (pool: the mean of the members'). A size's prepared data is shared by
-its modes and prepared by the first. Training seeds after the first (`--seeds`) run at
+its modes and prepared by the first. `--sparse-max-ids N` prepares with every sparse
+field's vocabulary capped at its N most frequent ids (`DatasetConfig.sparse_max_ids`), so
+the models are about the same size at every row count and the peaks compare the data
+path alone; uncapped, the synthetic vocabularies (and the embedding tables) grow with
+the rows. Training seeds after the first (`--seeds`) run at
 sizes up to 2M only, after every first-seed cell: they give the seed noise that the
 stream-memory difference is read against.
 
@@ -47,12 +52,14 @@ MEMORY_ROWS = 2_000_000
 TRAIN = {"epochs": 1, "batch_size": 2048, "lr": 2e-3, "patience": None, "num_threads": 1}
 
 
-def measure_in_child(rows: int, mode: str, seed: int) -> list[dict[str, Any]]:
-    """One (rows, mode, seed) cell: every stage, each under its own process-tree monitor."""
+def measure_in_child(rows: int, mode: str, seed: int, max_ids: int | None) -> list[dict[str, Any]]:
+    """One (rows, mode, seed, max_ids) cell: every stage, each under its own process-tree
+    monitor."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from process_tree import TreeMonitor
 
-    cell = WORK / f"{rows}-{mode}" if seed == 0 else WORK / f"{rows}-{mode}-seed{seed}"
+    capped = "" if max_ids is None else f"-ids{max_ids}"
+    cell = WORK / (f"{rows}{capped}-{mode}" + (f"-seed{seed}" if seed else ""))
     shutil.rmtree(cell, ignore_errors=True)  # runs logged there would be reused, not measured
     cell.mkdir(parents=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{cell / 'mlruns.db'}"
@@ -68,7 +75,14 @@ def measure_in_child(rows: int, mode: str, seed: int) -> list[dict[str, Any]]:
     from emm_ray.train.ray_job import WorkerResources
 
     init_ray()
-    data = DatasetConfig(name="ali_ccp", source="synthetic", rows=rows, seed=0, sparse_min_count=2)
+    data = DatasetConfig(
+        name="ali_ccp",
+        source="synthetic",
+        rows=rows,
+        seed=0,
+        sparse_min_count=2,
+        sparse_max_ids=max_ids,
+    )
     measured: list[dict[str, Any]] = []
 
     def stage(name: str, work: Any) -> Any:
@@ -82,6 +96,7 @@ def measure_in_child(rows: int, mode: str, seed: int) -> list[dict[str, Any]]:
                 "rows": rows,
                 "mode": mode,
                 "seed": seed,
+                "sparse_max_ids": max_ids,
                 "stage": name,
                 "wall_s": wall,
                 "cpu_s": tree.cpu_seconds,
@@ -94,7 +109,7 @@ def measure_in_child(rows: int, mode: str, seed: int) -> list[dict[str, Any]]:
         )
         return result
 
-    prepared_dir = WORK / f"prepared-{rows}"
+    prepared_dir = WORK / f"prepared-{rows}{capped}"
     fresh = not (prepared_dir / "split.json").is_file()
     prepared = stage("prepare", lambda: prepare_dataset(data, prepared_dir))
     if not fresh:
@@ -133,6 +148,8 @@ def measure_in_child(rows: int, mode: str, seed: int) -> list[dict[str, Any]]:
     )
     fused = stage("fuse", lambda: fuse_pool(spec, prepared, storage_path=storage))
     measured[-1] |= {"rows_per_s": train_rows / measured[-1]["wall_s"], "auc": fused.val_auc}
+    for row in measured:
+        row["vocabulary"] = sum(prepared.schema.cardinalities)
     return measured
 
 
@@ -141,17 +158,19 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2_000_000, 20_000_000])
     parser.add_argument("--modes", nargs="+", default=["stream", "memory"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--sparse-max-ids", type=int, default=None)
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/scale.md")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     log = WORK / "measured.jsonl"
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    max_ids = args.sparse_max_ids
     for seed, rows, mode in cells(args.seeds, args.sizes, args.modes):
-        if any(key(r) == (rows, mode, seed) for r in done):
-            print(f"{rows} {mode} seed {seed}: measured before, kept", flush=True)
+        if any(key(r) == (rows, mode, seed, max_ids) for r in done):
+            print(f"{rows} {mode} seed {seed} cap {max_ids}: measured before, kept", flush=True)
             continue
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as executor:
-            cell = executor.submit(measure_in_child, rows, mode, seed).result()
+            cell = executor.submit(measure_in_child, rows, mode, seed, max_ids).result()
         with log.open("a") as out:
             out.writelines(json.dumps(r) + "\n" for r in cell)
         done += cell
@@ -186,20 +205,28 @@ def write(output: Path, rows: list[dict[str, Any]]) -> None:
         "ahead (`TrainConfig.stream_buffer_mib`) and its scheduling loop is paced",
         "(`emm_ray/data/pacing.py`). CPU and peak by process role are in the JSON twin.",
         "",
-        "| rows | mode | seed | stage | wall s | CPU s | rows/s | peak MiB | AUC | load |",
-        "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "Ids cap: `sparse_max_ids` (most frequent ids kept per sparse field; - = uncapped);",
+        "vocabulary: ids over all sparse fields, which sets the embedding tables' size.",
+        "",
+        "| rows | ids cap | vocabulary | mode | seed | stage | wall s | CPU s | rows/s | "
+        "peak MiB | AUC | load |",
+        "| ---: | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         auc = "" if r.get("auc") is None else f"{r['auc']:.4f}"
+        cap = "-" if r.get("sparse_max_ids") is None else f"{r['sparse_max_ids']:,}"
+        vocabulary = f"{r['vocabulary']:,}" if r.get("vocabulary") else ""
         lines.append(
-            f"| {r['rows']:,} | {r['mode']} | {r.get('seed', 0)} | {r['stage']} | "
+            f"| {r['rows']:,} | {cap} | {vocabulary} | {r['mode']} | {r.get('seed', 0)} | "
+            f"{r['stage']} | "
             f"{r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['rows_per_s']:,.0f} | "
             f"{r['peak_mib']:,.0f} | {auc} | {r['load_before']:.1f} / {r['load_after']:.1f} |"
         )
     beside = [
-        f"- {r['rows']:,} {r['mode']} seed {r.get('seed', 0)} {r['stage']}: {r['beside']}"
+        f"- {r['rows']:,} {r['mode']} seed {r.get('seed', 0)} {r['stage']}: {r[note]}"
         for r in rows
-        if r.get("beside")
+        for note in ("beside", "note")
+        if r.get(note)
     ]
     output.write_text(
         "\n".join(lines + ["", *summary(rows), *beside, *peak_breakdown(rows)]) + "\n"
@@ -214,38 +241,45 @@ def peak_breakdown(rows: list[dict[str, Any]], shown: int = 5) -> list[str]:
             continue
         top = sorted(r["peak_by_role"].items(), key=lambda item: -item[1])[:shown]
         held = ", ".join(f"`{name}` {mib:,.0f}" for name, mib in top)
-        lines.append(f"- At the {r['rows']:,}-row {r['stage']} peak (MiB): {held}")
+        cap = f", ids capped at {r['sparse_max_ids']:,}" if r.get("sparse_max_ids") else ""
+        lines.append(f"- At the {r['rows']:,}-row{cap} {r['stage']} peak (MiB): {held}")
     if lines:
         lines.insert(0, "\nWhere the streamed peaks were, by process role:\n")
     return lines
 
 
-def key(row: dict[str, Any]) -> tuple[int, str, int]:
-    """(rows, mode, seed) of a measured row; rows from before seeds were recorded are 0."""
-    return row["rows"], row["mode"], row.get("seed", 0)
+def key(row: dict[str, Any]) -> tuple[int, str, int, int | None]:
+    """(rows, mode, seed, ids cap) of a measured row; rows from before seeds or caps were
+    recorded are seed 0, uncapped."""
+    return row["rows"], row["mode"], row.get("seed", 0), row.get("sparse_max_ids")
 
 
 def summary(rows: list[dict[str, Any]]) -> list[str]:
     """Peak of the whole run per size (streamed, first seed) against the smallest size's,
     and the stream - memory AUC difference per seed beside the spread between seeds."""
     lines = []
-    peaks = {
-        size: max(r["peak_mib"] for r in rows if key(r) == (size, "stream", 0))
-        for size in sorted({r["rows"] for r in rows if r["mode"] == "stream"})
-    }
-    if len(peaks) > 1:
-        smallest = min(peaks)
-        lines += [
-            f"- Peak of the streamed run at {size:,} rows: {peak:,.0f} MiB, "
-            f"{peak / peaks[smallest]:.2f}x that at {smallest:,} rows"
-            for size, peak in peaks.items()
-            if size != smallest
-        ]
+    for cap in sorted({r.get("sparse_max_ids") or 0 for r in rows}):
+        cap_or_none = cap or None
+        peaks = {
+            size: max(r["peak_mib"] for r in rows if key(r) == (size, "stream", 0, cap_or_none))
+            for size in sorted(
+                {r["rows"] for r in rows if key(r)[1:] == ("stream", 0, cap_or_none)}
+            )
+        }
+        if len(peaks) > 1:
+            smallest = min(peaks)
+            capped = f"ids capped at {cap:,} a field" if cap else "vocabularies uncapped"
+            lines += [
+                f"- Peak of the streamed run at {size:,} rows ({capped}): {peak:,.0f} MiB, "
+                f"{peak / peaks[smallest]:.2f}x that at {smallest:,} rows"
+                for size, peak in peaks.items()
+                if size != smallest
+            ]
     for stage in ("pool", "fuse"):
         auc = {
             (r["mode"], r.get("seed", 0)): r["auc"]
             for r in rows
-            if r["rows"] == MEMORY_ROWS and r["stage"] == stage
+            if r["rows"] == MEMORY_ROWS and r["stage"] == stage and not r.get("sparse_max_ids")
         }
         seeds = sorted({s for _, s in auc if ("stream", s) in auc and ("memory", s) in auc})
         if not seeds:

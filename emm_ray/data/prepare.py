@@ -81,6 +81,12 @@ class DatasetConfig(StrictModel):
     rows_per_shard: int = Field(250_000, gt=0)
     chunk_rows: int = Field(250_000, gt=0, description="rows generated/encoded at a time")
     sparse_min_count: int = Field(1, ge=1)
+    sparse_max_ids: int | None = Field(
+        None,
+        ge=1,
+        description="keep at most this many ids per sparse field, the most frequent; rarer "
+        "ids share the out-of-vocabulary bucket (bounds the models' embedding tables)",
+    )
     tasks: tuple[str, ...] | None = Field(
         None, description="tasks to prepare, in order; unset: the dataset's default tasks"
     )
@@ -312,7 +318,7 @@ def prepare_dataset(
         for raw in source.chunks():
             stats.add(raw, splitter.assign(_strata(raw, layout)))
     stats.check_nonempty(files.get("train"))
-    schema = stats.schema(config.sparse_min_count)
+    schema = stats.schema(config.sparse_min_count, config.sparse_max_ids)
 
     staging = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -599,13 +605,13 @@ class _Pass1:
                     train_file,
                 )
 
-    def schema(self, min_count: int) -> FeatureSchema:
+    def schema(self, min_count: int, max_ids: int | None) -> FeatureSchema:
         sparse = []
         for name in self.layout.sparse:
             merged = _merge_counts(self._counts[name])
             sparse.append(
                 sparse_field_from_counts(
-                    name, merged.column("category"), merged.column("count"), min_count
+                    name, merged.column("category"), merged.column("count"), min_count, max_ids
                 )
             )
         dense = [
@@ -745,11 +751,13 @@ def _split_record(
 
 
 def _config_hash(config: DatasetConfig, files: dict[str, Path], checksums: dict[str, str]) -> str:
-    """Identifies what was prepared; unset `tasks` and the default `regime` are left out,
-    keeping older hashes valid."""
+    """Identifies what was prepared; unset `tasks` and `sparse_max_ids` and the default
+    `regime` are left out, keeping older hashes valid."""
     exclude = {"train_path", "validation_path", "test_path", "chunk_rows"}
     if config.tasks is None:
         exclude.add("tasks")
+    if config.sparse_max_ids is None:
+        exclude.add("sparse_max_ids")
     if config.regime == "planted":
         exclude.add("regime")
     payload = {

@@ -214,9 +214,14 @@ def fit_sparse_field(
 
 
 def sparse_field_from_counts(
-    name: str, categories: pa.Array, counts: pa.Array, min_count: int = 1
+    name: str,
+    categories: pa.Array,
+    counts: pa.Array,
+    min_count: int = 1,
+    max_ids: int | None = None,
 ) -> SparseField:
-    """Vocabulary from per-category training counts (e.g. summed over streamed chunks).
+    """Vocabulary from per-category training counts (e.g. summed over streamed chunks):
+    categories seen at least `min_count` times, at most the `max_ids` most frequent.
 
     Most frequent first, ties broken by the category string, so the same counts always
     give the same indices (and the same schema hash).
@@ -224,6 +229,8 @@ def sparse_field_from_counts(
     table = pa.table({"category": pc.cast(categories, pa.string()), "count": counts})
     table = table.filter(pc.greater_equal(table.column("count"), min_count))
     order = pc.sort_indices(table, sort_keys=[("count", "descending"), ("category", "ascending")])
+    if max_ids is not None:
+        order = order[:max_ids]
     return SparseField(
         name=name, vocabulary=tuple(table.column("category").take(order).to_pylist())
     )

@@ -270,3 +270,15 @@ def test_dataset_yamls_load(tmp_path: Path) -> None:
     bad.write_text("name: census\nsplit_seed: 3\n")
     with pytest.raises(ConfigError, match="split_seed"):
         load_yaml_config(bad, DatasetConfig)
+
+
+def test_max_ids_keeps_each_fields_most_frequent_ids(tmp_path: Path) -> None:
+    every = prepare_dataset(DatasetConfig(rows=3_000), tmp_path / "every")
+    capped = prepare_dataset(DatasetConfig(rows=3_000, sparse_max_ids=5), tmp_path / "capped")
+    for full, kept in zip(every.schema.sparse, capped.schema.sparse, strict=True):
+        assert kept.vocabulary == full.vocabulary[:5]
+    assert capped.schema.hash != every.schema.hash
+    assert capped.split_info["config_hash"] != every.split_info["config_hash"]
+    train = _split_table(capped, "train")
+    for field in capped.schema.sparse:
+        assert train.column(field.name).to_numpy().max() < field.cardinality
