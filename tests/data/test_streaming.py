@@ -11,6 +11,7 @@ import torch
 from emm_ray.data.audit import audit_split
 from emm_ray.data.prepare import DatasetConfig, PreparedDataset, prepare_dataset
 from emm_ray.data.streaming import (
+    MIN_READ_AHEAD_MIB,
     cap_read_ahead,
     ingest_options,
     iter_batches,
@@ -92,6 +93,21 @@ def test_ingest_options_cap_read_ahead_and_keep_train_defaults() -> None:
     assert capped.resource_limits.cpu == default.resource_limits.cpu
     assert capped.preserve_order == default.preserve_order
     assert default.resource_limits.object_store_memory != 64 * 1024 * 1024
+
+
+def test_training_and_scoring_accept_the_same_read_ahead_caps() -> None:
+    from pydantic import ValidationError
+
+    from emm_ray.serve.batch import ScoreJob
+    from emm_ray.train.loop import TrainConfig
+
+    job = {"model_uri": "models:/m@champion", "input_path": "in", "output_dir": "out"}
+    assert TrainConfig(stream_buffer_mib=MIN_READ_AHEAD_MIB).stream_buffer_mib == 1
+    assert ScoreJob(**job, buffer_mib=MIN_READ_AHEAD_MIB).buffer_mib == 1
+    with pytest.raises(ValidationError, match="stream_buffer_mib"):
+        TrainConfig(stream_buffer_mib=MIN_READ_AHEAD_MIB - 1)
+    with pytest.raises(ValidationError, match="buffer_mib"):
+        ScoreJob(**job, buffer_mib=MIN_READ_AHEAD_MIB - 1)
 
 
 @pytest.mark.timeout(120)
