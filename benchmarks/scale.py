@@ -222,12 +222,14 @@ def write(output: Path, rows: list[dict[str, Any]]) -> None:
             f"{r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['rows_per_s']:,.0f} | "
             f"{r['peak_mib']:,.0f} | {auc} | {r['load_before']:.1f} / {r['load_after']:.1f} |"
         )
-    beside = [
-        f"- {r['rows']:,} {r['mode']} seed {r.get('seed', 0)} {r['stage']}: {r[note]}"
-        for r in rows
-        for note in ("beside", "note")
-        if r.get(note)
-    ]
+    notes: dict[str, list[str]] = {}
+    for r in rows:
+        for field in ("beside", "note"):
+            if r.get(field):
+                notes.setdefault(r[field], []).append(
+                    f"{r['rows']:,} {r['mode']} seed {r.get('seed', 0)} {r['stage']}"
+                )
+    beside = [f"- {'; '.join(where)}: {text}" for text, where in notes.items()]
     output.write_text(
         "\n".join(lines + ["", *summary(rows), *beside, *peak_breakdown(rows)]) + "\n"
     )
@@ -259,22 +261,28 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
     and the stream - memory AUC difference per seed beside the spread between seeds."""
     lines = []
     for cap in sorted({r.get("sparse_max_ids") or 0 for r in rows}):
-        cap_or_none = cap or None
-        peaks = {
-            size: max(r["peak_mib"] for r in rows if key(r) == (size, "stream", 0, cap_or_none))
-            for size in sorted(
-                {r["rows"] for r in rows if key(r)[1:] == ("stream", 0, cap_or_none)}
+        streamed = [
+            r for r in rows if r["mode"] == "stream" and r.get("sparse_max_ids") == (cap or None)
+        ]
+        peaks: dict[int, dict[int, float]] = {}
+        for r in streamed:
+            by_seed = peaks.setdefault(r["rows"], {})
+            by_seed[r.get("seed", 0)] = max(by_seed.get(r.get("seed", 0), 0.0), r["peak_mib"])
+        if len(peaks) < 2:
+            continue
+        smallest = min(peaks)
+        capped = f"ids capped at {cap:,} a field" if cap else "vocabularies uncapped"
+        for size, by_seed in sorted(peaks.items()):
+            if size == smallest or 0 not in by_seed:
+                continue
+            against = ", ".join(
+                f"{by_seed[0] / peak:.2f}x that of seed {seed} at {smallest:,} rows ({peak:,.0f})"
+                for seed, peak in sorted(peaks[smallest].items())
             )
-        }
-        if len(peaks) > 1:
-            smallest = min(peaks)
-            capped = f"ids capped at {cap:,} a field" if cap else "vocabularies uncapped"
-            lines += [
-                f"- Peak of the streamed run at {size:,} rows ({capped}): {peak:,.0f} MiB, "
-                f"{peak / peaks[smallest]:.2f}x that at {smallest:,} rows"
-                for size, peak in peaks.items()
-                if size != smallest
-            ]
+            lines.append(
+                f"- Peak of the streamed run at {size:,} rows ({capped}): "
+                f"{by_seed[0]:,.0f} MiB, {against}"
+            )
     for stage in ("pool", "fuse"):
         auc = {
             (r["mode"], r.get("seed", 0)): r["auc"]
