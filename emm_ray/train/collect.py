@@ -11,8 +11,8 @@ class RowCollector:
     Keeping each batch's small result in a list and concatenating at the end fragments
     glibc's heap: a kept result takes a piece of the space the batch's freed activations
     left, the next batch's activations no longer fit there, and the heap grows by about
-    one batch of activations per batch (a streamed validation pass of 2M rows held
-    ~2 GB this way; docs/ARCHITECTURE.md). Copying rows into buffers of `chunk_bytes`,
+    one batch of activations per batch, so a streamed pass grows with its rows
+    (measured: docs/ARCHITECTURE.md). Copying rows into buffers of `chunk_bytes`,
     larger than glibc's biggest mmap threshold (32 MiB), keeps them out of the heap, and
     pages of a buffer never written stay unallocated.
     """
