@@ -19,6 +19,7 @@ from torch import nn
 from emm_ray.data.batch import Batch
 from emm_ray.errors import EmmError
 from emm_ray.evaluation.report import ModelKind, ReportRow
+from emm_ray.train.collect import RowCollector
 from emm_ray.train.loop import inference_batch_size
 
 
@@ -30,17 +31,14 @@ def predict(module: nn.Module, data: Batch, batch_size: int | None = None) -> to
     batch_size = inference_batch_size(device, batch_size)
     was_training = module.training
     module.eval()
+    logits = RowCollector()  # not a list of chunks: that fragments the heap (collect.py)
     try:
-        chunks = [
-            module(part.sparse, part.dense).float().reshape(len(part), -1).cpu()
-            for part in (
-                data.slice(slice(start, start + batch_size)).to(device)
-                for start in range(0, len(data), batch_size)
-            )
-        ]
+        for start in range(0, len(data), batch_size):
+            part = data.slice(slice(start, start + batch_size)).to(device)
+            logits.append(module(part.sparse, part.dense).float().reshape(len(part), -1))
     finally:
         module.train(was_training)
-    return torch.cat(chunks)
+    return logits.result()
 
 
 def auc_or_none(labels: np.ndarray, scores: np.ndarray) -> float | None:
