@@ -26,8 +26,10 @@ time on the models rather than on Ray start-up.
 training file; the official test file is held back); `ali_ccp` and `aliexpress` are
 synthetic data at size with the real datasets' schemas (the real files here are 100-row
 samples), and are labelled as such. Finished runs are appended to
-`<work-dir>/<dataset>.jsonl` and skipped on rerun, so an interrupted benchmark resumes
-(several processes may work on different seeds of one file); the tables
+`benchmarks/results/runs/<name>.jsonl` (committed, so a benchmark resumes on a new
+machine; `--runs-dir`) and skipped on rerun, so an interrupted benchmark resumes
+(several processes may work on different seeds of one file); prepared data, pool
+checkpoints and Tune's files stay in `--work-dir`. The tables
 (`benchmarks/results/fusion_<dataset>.md` and its JSON twin `.json`) are rewritten from
 all of them (`--render-only` rewrites them without training).
 """
@@ -63,6 +65,7 @@ from emm_ray.train.loop import TensorBatches, TrainConfig, fit, seed_everything
 from emm_ray.tune.baselines import load_baseline_search, search_baseline
 
 REPO = Path(__file__).resolve().parents[1]
+RUNS = REPO / "benchmarks" / "results" / "runs"
 # Two members of different architectures per task: (architecture, task position). On
 # census, the first task's pair is the two best income architectures of the zoo that
 # train fast (benchmarks/results/census_pool.md: dcn_v2 .9510, deepfm .9488), as a team
@@ -152,6 +155,7 @@ class Bench:
         train: TrainConfig,
         correction_train: TrainConfig,
         results: Path,
+        work_dir: Path,
     ) -> None:
         self.prepared = prepared
         self.schema = prepared.schema
@@ -161,6 +165,7 @@ class Bench:
         self.train = train
         self.correction_train = correction_train
         self.results = results
+        self.work_dir = work_dir
         self.funnel = labels_are_nested(self.train_data.labels)
         self.pool_name = results.stem
         self.ignored: dict[str, tuple[str, ...]] = {}
@@ -199,10 +204,11 @@ class Bench:
         train: TrainConfig | None = None,
         form: str = "",
         rows: tuple[Batch, Batch] | None = None,
+        record: bool = True,
     ) -> nn.Module:
         """Build (seeded), train (`train`, else the common settings) on `rows` (training,
         early-stopping rows; default: the train and validation splits), score on
-        validation and test, append one JSON line per task."""
+        validation and test, append one JSON line per task (unless not `record`)."""
         seed_everything(seed)
         module = build()
         config = (train or self.train).model_copy(update={"seed": seed})
@@ -227,7 +233,8 @@ class Bench:
         }
         if isinstance(module, EMMModel):
             extra["corrections_kept"] = module.ensemble.correction_mask().tolist()
-        self.record(seed, name, kind, module, task_indices, task_names, wall, trainable, extra)
+        if record:
+            self.record(seed, name, kind, module, task_indices, task_names, wall, trainable, extra)
         return module
 
     def score_ensemble(self, seed: int, pool: list[PoolMember], ensemble: str) -> None:
@@ -314,8 +321,12 @@ def run_seed(
 ) -> None:
     schema = bench.schema
     tasks = schema.task_names
+    done = bench.done()
+    pending = [v for v in variants if (seed, v) not in done] + [
+        f"ensemble-{e}" for e in ("mean", "stacked") if (seed, f"ensemble-{e}") not in done
+    ]
     pool: list[PoolMember] = []
-    for architecture, task_position in members:
+    for architecture, task_position in members if pending else ():
         task = tasks[task_position]
         name = f"{architecture}_{task}"
 
@@ -323,12 +334,20 @@ def run_seed(
             hparams = MEMBER_HPARAMS[architecture] | {"ignore_fields": bench.ignored.get(task, ())}
             return build_model(architecture, schema, task, **hparams)
 
-        checkpoint = bench.results.with_name(f"{bench.pool_name}-seed{seed}-{name}.pt")
+        checkpoint = bench.work_dir / f"{bench.pool_name}-seed{seed}-{name}.pt"
         if checkpoint.is_file():  # written after its row: a finished member
             model = build()
             model.load_state_dict(torch.load(checkpoint, weights_only=True))
-        else:
-            model = bench.run(seed, name, "pool", build, [schema.task_index(task)], [task])
+        else:  # not trained yet, or its row is in but its checkpoint is not (new machine)
+            model = bench.run(
+                seed,
+                name,
+                "pool",
+                build,
+                [schema.task_index(task)],
+                [task],
+                record=(seed, name) not in done,
+            )
             torch.save(model.state_dict(), checkpoint)
         pool.append(PoolMember(name, model.eval()))
     for ensemble in ("mean", "stacked"):
@@ -620,7 +639,13 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (shared machines: 1)")
     parser.add_argument(
-        "--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "emm-bench" / "fusion"
+        "--work-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "emm-bench" / "fusion",
+        help="prepared data, pool checkpoints, Tune's files (scratch)",
+    )
+    parser.add_argument(
+        "--runs-dir", type=Path, default=RUNS, help="per-run result lines and search caches"
     )
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--render-only", action="store_true", help="rewrite the tables only")
@@ -649,6 +674,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
     tasks = tuple(args.tasks) if args.tasks else None
     prepared = prepare(args.dataset, args.rows, args.work_dir, tasks, args.regime)
     name = args.name or "_".join(
@@ -679,9 +705,9 @@ def main() -> None:
         patience=args.patience,
         num_threads=args.threads,
     )
-    results = args.work_dir / f"{name}.jsonl"
+    results = args.runs_dir / f"{name}.jsonl"
     correction_train = train.model_copy(update={"lr": args.fusion_lr, "epochs": args.fusion_epochs})
-    bench = Bench(prepared, train, correction_train, results)
+    bench = Bench(prepared, train, correction_train, results, args.work_dir)
     bench.pool_name = args.pool_from or name
     if args.fuse_on_validation:
         bench.fuse_on_validation_halves()

@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from fusion_benchmark import read_rows  # noqa: E402
+from fusion_benchmark import RUNS, paired_differences, read_rows  # noqa: E402
 
 TASKS = (
     "income",
@@ -67,21 +67,32 @@ def run_count(count: int, args: argparse.Namespace) -> Path:
         name,
         "--work-dir",
         str(args.work_dir),
+        "--runs-dir",
+        str(args.runs_dir),
         "--output",
         str(args.work_dir / f"{name}.md"),
     ]
     subprocess.run(command, check=True)
-    return args.work_dir / f"{name}.jsonl"
+    return args.runs_dir / f"{name}.jsonl"
 
 
 def summarize(count: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per task: emm, the stacked ensemble and the best baseline (by mean test AUC)."""
+    """Per task: emm, the stacked ensemble and the best baseline (by mean test AUC), with
+    the std over seeds and emm's paired differences (95 % t-interval when >= 2 seeds)."""
     out = []
     for task in TASKS[:count]:
 
-        def mean(model: str, task: str = task) -> float | None:
-            aucs = [r["auc"] for r in rows if r["model"] == model and r["task"] == task]
-            return statistics.mean(aucs) if aucs else None
+        def aucs(model: str, task: str = task) -> list[float]:
+            return [r["auc"] for r in rows if r["model"] == model and r["task"] == task]
+
+        def mean(model: str) -> float | None:
+            return statistics.mean(aucs(model)) if aucs(model) else None
+
+        def std(model: str) -> float:
+            return statistics.stdev(aucs(model)) if len(aucs(model)) > 1 else 0.0
+
+        def paired(against: str | None, task: str = task) -> dict[str, Any] | None:
+            return paired_differences(rows, "emm", against).get(task) if against else None
 
         baselines = {r["model"] for r in rows if r["kind"] == "baseline" and r["task"] == task}
         scored = {b: mean(b) for b in baselines}
@@ -92,9 +103,14 @@ def summarize(count: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "tasks": count,
                 "task": task,
                 "emm_auc": mean("emm"),
+                "emm_auc_std": std("emm"),
                 "ensemble_auc": mean("ensemble-stacked"),
+                "ensemble_auc_std": std("ensemble-stacked"),
+                "emm_minus_ensemble": paired("ensemble-stacked"),
                 "best_baseline": best,
                 "best_baseline_auc": scored.get(best) if best else None,
+                "best_baseline_auc_std": std(best) if best else None,
+                "emm_minus_best_baseline": paired(best),
                 "seeds": sorted({r["seed"] for r in emm}),
                 "fusion_trainable_params": emm[0]["trainable_parameters"] if emm else None,
                 "fusion_wall_s": statistics.mean(r["wall_seconds"] for r in emm) if emm else None,
@@ -102,6 +118,18 @@ def summarize(count: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def auc(row: dict[str, Any], key: str) -> str:
+    """Mean, and ± std when there is more than one seed."""
+    text = f"{row[key]:.4f}"
+    return text + (f" ± {row[key + '_std']:.4f}" if len(row["seeds"]) > 1 else "")
+
+
+def difference(mean: float, paired: dict[str, Any] | None) -> str:
+    """Mean difference, and its paired 95 % interval over seeds when there is one."""
+    text = f"{mean:+.4f}"
+    return text + (f" [{paired['low']:+.4f}, {paired['high']:+.4f}]" if paired else "")
 
 
 def render(summary: list[dict[str, Any]], notes: list[str]) -> str:
@@ -112,11 +140,11 @@ def render(summary: list[dict[str, Any]], notes: list[str]) -> str:
     )
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in summary:
-        gap = r["emm_auc"] - r["ensemble_auc"]
-        vs = r["emm_auc"] - r["best_baseline_auc"]
+        gap = difference(r["emm_auc"] - r["ensemble_auc"], r["emm_minus_ensemble"])
+        vs = difference(r["emm_auc"] - r["best_baseline_auc"], r["emm_minus_best_baseline"])
         lines.append(
-            f"| {r['tasks']} | {r['task']} | {r['emm_auc']:.4f} | {r['ensemble_auc']:.4f} | "
-            f"{gap:+.4f} | {r['best_baseline']} {r['best_baseline_auc']:.4f} | {vs:+.4f} | "
+            f"| {r['tasks']} | {r['task']} | {auc(r, 'emm_auc')} | {auc(r, 'ensemble_auc')} | "
+            f"{gap} | {r['best_baseline']} {auc(r, 'best_baseline_auc')} | {vs} | "
             f"{r['fusion_trainable_params']:,} | {r['fusion_wall_s']:.0f} | "
             f"{' '.join(map(str, r['fusion_best_epochs']))} |"
         )
@@ -174,12 +202,13 @@ def main() -> None:
     parser.add_argument(
         "--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "emm-bench" / "fusion"
     )
+    parser.add_argument("--runs-dir", type=Path, default=RUNS)
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     summary = []
     for count in args.counts:
-        results = args.work_dir / f"task_scaling_T{count}.jsonl"
+        results = args.runs_dir / f"task_scaling_T{count}.jsonl"
         if not args.render_only:
             results = run_count(count, args)
         summary += summarize(count, read_rows(results))
@@ -193,7 +222,10 @@ def main() -> None:
         f"{', '.join(args.baselines)} (library defaults, converged); 'best baseline' is the "
         "one with the higher mean test AUC on that task. Training as fusion_census.md "
         "(early stopping, patience 3, caps 40 / 30, lr 2e-3 / 3e-4); 1 torch thread per "
-        f"process on a shared 2-core machine. Seeds: {' '.join(map(str, args.seeds))}.",
+        "process on a shared 2-core machine. Seeds: "
+        f"{' '.join(map(str, sorted({s for r in summary for s in r['seeds']})))}; with more "
+        "than one, AUC is mean ± std over seeds and a difference is its mean with the "
+        "paired 95 % t-interval.",
     ]
     output = REPO / "benchmarks" / "results" / "task_scaling.md"
     output.write_text(render(summary, notes))
