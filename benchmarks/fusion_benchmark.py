@@ -102,14 +102,32 @@ SPLIT_FEATURES_TEAMS = {"income": "employment", "never_married": "household"}
 FUNNEL_BASELINES = ("esmm", "aitm")
 # Table order of the kinds; the JSON twin uses the same names.
 KINDS = ("fused", "ablation", "ensemble", "pool", "baseline", "baseline-tuned")
-# (e) against what: the paired differences the table reports.
-PAIRED = ("ensemble-stacked", "mlp-correction", "akf-own-task")
+# Each fused model against what: the paired differences the table reports (rows absent
+# from a results file are skipped). `-pool-stack` rows start at a stacking over every
+# member's logit (`ensemble_inputs: pool`) and are compared with their own controls.
+PAIRED = {
+    "emm": ("ensemble-stacked", "mlp-correction", "akf-own-task", "best-member", "reference"),
+    "emm-pool-stack": (
+        "ensemble-pool-stacked",
+        "mlp-correction-pool-stack",
+        "akf-own-task-pool-stack",
+        "emm",
+        "best-member",
+    ),
+}
+# The ensembles scored per seed: name -> the settings of the fused model's start.
+ENSEMBLES: dict[str, dict[str, str]] = {
+    "mean": {"ensemble": "mean"},
+    "stacked": {"ensemble": "stacked"},
+    "pool-stacked": {"ensemble": "stacked", "ensemble_inputs": "pool"},
+}
 logger = logging.getLogger("fusion_benchmark")
 
 
 def fused_variants() -> dict[str, tuple[str, FusionConfig]]:
     """Name -> (kind, config) of every trained setting of the fused model."""
     emm = load_yaml_config(REPO / "configs/fusion/emm.yaml", FusionConfig)
+    pool_stack = {"ensemble_inputs": "pool"}
     return {
         "emm": ("fused", emm),
         "reference": (
@@ -122,6 +140,12 @@ def fused_variants() -> dict[str, tuple[str, FusionConfig]]:
         "emm-dropout": ("fused", emm.model_copy(update={"dropout": 0.2})),
         "emm-narrow": ("fused", emm.model_copy(update={"d_model": 32, "tower_hidden": (32,)})),
         "emm-frozen-pool": ("fused", emm.model_copy(update={"component_input": "none"})),
+        "emm-pool-stack": ("fused", emm.model_copy(update=pool_stack)),
+        "mlp-correction-pool-stack": (
+            "ablation",
+            emm.model_copy(update={"correction": "mlp", **pool_stack}),
+        ),
+        "akf-own-task-pool-stack": ("ablation", emm.model_copy(update={"top_k": 0, **pool_stack})),
     }
 
 
@@ -240,7 +264,7 @@ class Bench:
     def score_ensemble(self, seed: int, pool: list[PoolMember], ensemble: str) -> None:
         """(b) The pool's ensemble alone (where `emm` starts): fitted if stacked, untrained."""
         config = fused_variants()["emm"][1].model_copy(
-            update={"ensemble": ensemble, "correction": "none"}
+            update={**ENSEMBLES[ensemble], "correction": "none"}
         )
         model = EMMModel(self.schema, pool, config)
         started = time.perf_counter()
@@ -249,7 +273,7 @@ class Bench:
         )
         wall = time.perf_counter() - started
         fitted = (
-            sum(e.weight.numel() + 1 for e in model.ensemble.tasks) if ensemble == "stacked" else 0
+            sum(e.weight.numel() + 1 for e in model.ensemble.tasks) if ensemble != "mean" else 0
         )
         extra = {"best_epoch": 0, "epochs_run": 0, "max_epochs": 0, "patience": None, "form": ""}
         self.record(
@@ -323,7 +347,7 @@ def run_seed(
     tasks = schema.task_names
     done = bench.done()
     pending = [v for v in variants if (seed, v) not in done] + [
-        f"ensemble-{e}" for e in ("mean", "stacked") if (seed, f"ensemble-{e}") not in done
+        f"ensemble-{e}" for e in ENSEMBLES if (seed, f"ensemble-{e}") not in done
     ]
     pool: list[PoolMember] = []
     for architecture, task_position in members if pending else ():
@@ -350,7 +374,7 @@ def run_seed(
             )
             torch.save(model.state_dict(), checkpoint)
         pool.append(PoolMember(name, model.eval()))
-    for ensemble in ("mean", "stacked"):
+    for ensemble in ENSEMBLES:
         if (seed, f"ensemble-{ensemble}") not in bench.done():
             bench.score_ensemble(seed, pool, ensemble)
     fused_tasks = [t for t in tasks if t in {m.task for m in pool}]
@@ -554,37 +578,44 @@ def render(rows: list[dict[str, Any]], title: str, notes: list[str]) -> str:
             )
             + " |"
         )
-    lines += ["", "Paired differences of `emm`, test AUC (mean over seeds, 95 % t-interval):", ""]
-    for against in (*PAIRED, "best-member", "reference"):
-        diffs = paired_differences(rows, "emm", against)
-        if diffs:
-            lines.append(
-                f"- emm - {against}: "
-                + "; ".join(
-                    f"{t} {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-                    for t, d in diffs.items()
-                )
-                + f" ({len(next(iter(diffs.values()))['seeds'])} seeds)"
-            )
     baselines = [r for r in summary if r["kind"].startswith("baseline") and r["converged"]]
-    for task in tasks:
-        candidates = [r for r in baselines if r["task"] == task]
-        emm = next((r for r in summary if r["model"] == "emm" and r["task"] == task), None)
-        if candidates and emm is not None:
-            best = max(candidates, key=lambda r: r["auc_mean"])
-            paired = paired_differences(rows, "emm", best["model"]).get(task)
-            interval = (
-                f", paired {paired['mean']:+.4f} [{paired['low']:+.4f}, {paired['high']:+.4f}] "
-                f"over {len(paired['seeds'])} seeds"
-                if paired
-                else ""
-            )
-            lines.append(
-                f"- emm vs best converged baseline on {task} ({best['model']}): "
-                f"{emm['auc_mean'] - best['auc_mean']:+.4f} "
-                f"(emm std {emm['auc_std']:.4f}, {best['model']} std {best['auc_std']:.4f}"
-                f"{interval})"
-            )
+    for fused, controls in PAIRED.items():
+        if not any(r["model"] == fused for r in summary):
+            continue
+        lines += [
+            "",
+            f"Paired differences of `{fused}`, test AUC (mean over seeds, 95 % t-interval):",
+            "",
+        ]
+        for against in controls:
+            diffs = paired_differences(rows, fused, against)
+            if diffs:
+                lines.append(
+                    f"- {fused} - {against}: "
+                    + "; ".join(
+                        f"{t} {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+                        for t, d in diffs.items()
+                    )
+                    + f" ({len(next(iter(diffs.values()))['seeds'])} seeds)"
+                )
+        for task in tasks:
+            candidates = [r for r in baselines if r["task"] == task]
+            ours = next((r for r in summary if r["model"] == fused and r["task"] == task), None)
+            if candidates and ours is not None:
+                best = max(candidates, key=lambda r: r["auc_mean"])
+                paired = paired_differences(rows, fused, best["model"]).get(task)
+                interval = (
+                    f", paired {paired['mean']:+.4f} [{paired['low']:+.4f}, "
+                    f"{paired['high']:+.4f}] over {len(paired['seeds'])} seeds"
+                    if paired
+                    else ""
+                )
+                lines.append(
+                    f"- {fused} vs best converged baseline on {task} ({best['model']}): "
+                    f"{ours['auc_mean'] - best['auc_mean']:+.4f} "
+                    f"({fused} std {ours['auc_std']:.4f}, {best['model']} std "
+                    f"{best['auc_std']:.4f}{interval})"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -790,6 +821,14 @@ def main() -> None:
     )
     output = args.output or REPO / "benchmarks" / "results" / f"fusion_{name}.md"
     rows = with_best_members(read_rows(results))
+    if any(r["model"] == "ensemble-pool-stacked" for r in rows):
+        notes.append(
+            "`ensemble-pool-stacked` (b'): per task a logistic regression on EVERY pool "
+            "member's logit, the other tasks' members included (`ensemble_inputs: pool`), "
+            "fitted on the validation rows. `emm-pool-stack` (e') and its controls "
+            "`mlp-correction-pool-stack` (c') and `akf-own-task-pool-stack` (d') start there; "
+            "otherwise each is its unsuffixed row's setting."
+        )
     output.write_text(render(rows, title, notes))
     output.with_suffix(".json").write_text(json.dumps(summary_rows(rows), indent=1) + "\n")
     print(output.read_text())

@@ -44,6 +44,12 @@ class FusionConfig(StrictModel):
     - `ensemble` (with `pool_residual`): how the task's members combine at the start.
       `mean` averages their logits; `stacked` fits a logistic regression on them over
       the validation rows before training (`emm_ray.fusion.ensemble`).
+    - `ensemble_inputs` (with `stacked`): whose logits a task's stacking reads. `own` its
+      own founding members; `pool` every founding member of every task. Why `pool`: where
+      tasks are related, another task's member can carry what a task's own members lack;
+      on funnel data a rare task (CTCVR) is mostly its parent's propensity (CTR) times a
+      conversion rate, and the parent's members learned that propensity from far more
+      positives than the rare task's own members ever saw.
     - `correction`: what learns the prediction beyond the ensemble. `akf` is the AKF
       stack; `mlp` a plain MLP per task (widths `tower_hidden`) on its own members' last
       hidden states, with no gates and no cross-task path (the control the stack is
@@ -63,6 +69,7 @@ class FusionConfig(StrictModel):
     tower_hidden: tuple[PositiveInt, ...] = (64,)
     prediction: Literal["pool_residual", "tower"] = "tower"
     ensemble: Literal["mean", "stacked"] = "stacked"
+    ensemble_inputs: Literal["own", "pool"] = "own"
     correction: Literal["akf", "mlp", "none"] = "akf"
 
     @model_validator(mode="after")
@@ -71,6 +78,13 @@ class FusionConfig(StrictModel):
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         if self.correction == "none" and self.prediction != "pool_residual":
             raise ValueError("correction 'none' predicts the ensemble: it needs pool_residual")
+        if self.ensemble_inputs == "pool" and (
+            self.ensemble != "stacked" or self.prediction != "pool_residual"
+        ):
+            raise ValueError(
+                "ensemble_inputs 'pool' weighs every member's logit by a fitted stacking: "
+                "it needs ensemble 'stacked' and prediction 'pool_residual'"
+            )
         if self.embedding == "fresh" and self.correction != "akf":
             raise ValueError("a fresh embedding feeds the AKF stack: it needs correction 'akf'")
         if self.component_input == "none" and self.embedding == "fresh":

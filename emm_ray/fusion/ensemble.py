@@ -1,7 +1,8 @@
 """The pool's ensemble: where a `pool_residual` fused model's prediction starts.
 
-A task's ensemble combines the logits of the task's own (founding) pool members; the
-fused model's tower adds a learned correction to it. `mean` is their plain mean.
+A task's ensemble combines the logits of the task's own (founding) pool members, or with
+`ensemble_inputs: pool` of every founding member of the pool; the fused model's tower
+adds a learned correction to it. `mean` is their plain mean.
 `stacked` fits, once before fusion training, a logistic regression on those logits over
 the validation rows (a weight per member and a bias, float64 L-BFGS, started at the
 mean), so a weak member no longer drags the start below the strong one
@@ -82,7 +83,7 @@ class TaskEnsemble(nn.Module):
 
 
 class PoolEnsemble(nn.Module):
-    """Every task's ensemble over its founding members: `[B, k_t]` per task -> `[B, T]`."""
+    """Every task's ensemble over its inputs' logits: `[B, k_t]` per task -> `[B, T]`."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -285,7 +285,10 @@ class EMMModel(nn.Module):
     def _ensemble(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """`[B, T]` ensemble logits from the founding members' `logit.<i>` features."""
         return self.ensemble(
-            [torch.stack([features[f"logit.{i}"] for i in own], 1) for own in self.layout.founding]
+            [
+                torch.stack([features[f"logit.{i}"] for i in inputs], 1)
+                for inputs in self.layout.ensemble_inputs
+            ]
         )
 
     def _native_features(
@@ -323,7 +326,7 @@ class EMMModel(nn.Module):
             for task in tasks:
                 logits[task].append(
                     torch.stack(
-                        [features[f"logit.{i}"] for i in self.layout.founding[task]], 1
+                        [features[f"logit.{i}"] for i in self.layout.ensemble_inputs[task]], 1
                     ).float()
                 )
             labels.append(batch.labels)
@@ -441,7 +444,13 @@ class EMMModel(nn.Module):
 
     def _append_task_parts(self, task: int) -> None:
         founding = self.layout.founding[task]
-        self.ensemble.add_task(len(founding))
+        inputs = (
+            sorted(i for own in self.layout.founding for i in own)
+            if self.config.ensemble_inputs == "pool"
+            else list(founding)
+        )
+        self.layout.ensemble_inputs.append(inputs)
+        self.ensemble.add_task(len(inputs))
         if self.stack is not None:
             self.stack.add_task(task, self.members)
         if self.heads is not None:

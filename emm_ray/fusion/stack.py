@@ -30,14 +30,17 @@ from emm_ray.models.base import FlatInput
 class PoolLayout:
     """Which member serves which task, shared by the fused model's parts.
 
-    `founding[t]` are the members task t was created with: they form its ensemble and
-    its level-0 context; members plugged in later reach it only through plug-ins.
+    `founding[t]` are the members task t was created with: they form its level-0 context
+    (and its ensemble's inputs with `ensemble_inputs: own`); members plugged in later
+    reach it only through plug-ins. `ensemble_inputs[t]` are the members whose logits
+    task t's ensemble reads, fixed when the task is created.
     """
 
     task_names: list[str] = field(default_factory=list)
     member_names: list[str] = field(default_factory=list)
     member_tasks: list[int] = field(default_factory=list)
     founding: list[list[int]] = field(default_factory=list)
+    ensemble_inputs: list[list[int]] = field(default_factory=list)
 
     def own(self, task: int) -> list[int]:
         return [i for i, t in enumerate(self.member_tasks) if t == task]

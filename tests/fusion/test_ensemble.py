@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -9,14 +11,17 @@ from sklearn.metrics import roc_auc_score
 from emm_ray.data.batch import Batch
 from emm_ray.errors import DataError
 from emm_ray.fusion import EMMModel, FusionConfig, PoolMember
+from emm_ray.fusion.artifact import load_fused_model, save_fused_model
 from emm_ray.train.loop import TensorBatches
 from tests.fusion.conftest import Planted
 from tests.fusion.planted import planted_batch, planted_schema, untrained_pool
 from tests.fusion.test_decompose import TINY
 
 
-def residual(ensemble: str = "stacked") -> FusionConfig:
-    return FusionConfig(d_model=8, heads=2, prediction="pool_residual", ensemble=ensemble)
+def residual(ensemble: str = "stacked", inputs: str = "own") -> FusionConfig:
+    return FusionConfig(
+        d_model=8, heads=2, prediction="pool_residual", ensemble=ensemble, ensemble_inputs=inputs
+    )
 
 
 def auc(model: EMMModel, data: Batch, column: int) -> float:
@@ -104,3 +109,47 @@ def test_training_labels_of_one_class_name_the_task() -> None:
         model.calibrate([constant])
     with pytest.raises(DataError, match="no rows"):
         model.calibrate([])
+
+
+def test_a_pool_wide_stacking_reads_the_other_tasks_members(
+    planted: Planted, planted_pool: list[PoolMember]
+) -> None:
+    """Each planted member saw only its own task's fields, and each task's label also
+    needs the other task's table: the other task's member carries it, so a stacking
+    over every member's logit starts above one over the task's own member."""
+    own = EMMModel(planted.schema, planted_pool, residual())
+    pool = EMMModel(planted.schema, planted_pool, residual(inputs="pool"))
+    for model in (own, pool):
+        model.calibrate(TensorBatches(planted.validation, 1000).batches(0))
+    assert [len(e.weight) for e in pool.ensemble.tasks] == [2, 2]
+    for column in (0, 1):
+        assert auc(pool, planted.test, column) > auc(own, planted.test, column) + 0.01
+        other = pool.ensemble.tasks[column].weight[1 - column]
+        assert other > 0.2, "the other task's member carries part of this task's signal"
+
+
+def test_a_pool_wide_stacking_is_fixed_when_members_are_plugged_in(tmp_path: Path) -> None:
+    schema = planted_schema(3)
+    pool = untrained_pool(schema, [("mlp", "task0", TINY["mlp"]), ("mlp", "task1", TINY["mlp"])])
+    model = EMMModel(schema, pool, residual(inputs="pool"))
+    model.calibrate([planted_batch(schema, 2000, seed=0)])
+    before = {k: v.clone() for k, v in model.ensemble.state_dict().items()}
+    added = untrained_pool(schema, [("mlp", "task2", TINY["mlp"])])
+    model.add_members([PoolMember(f"late-{m.name}", m.model) for m in added])
+    assert model.layout.ensemble_inputs == [[0, 1], [0, 1], [0, 1, 2]]
+    model.calibrate([planted_batch(schema, 2000, seed=1)])
+    after = model.ensemble.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+
+    batch = planted_batch(schema, 40, seed=2)
+    expected = model.eval()(batch.sparse, batch.dense)
+    save_fused_model(model, tmp_path / "fused", "planted-emm", metrics={})
+    loaded, _ = load_fused_model(tmp_path / "fused", expected_schema=schema)
+    assert torch.equal(loaded(batch.sparse, batch.dense), expected)
+
+
+@pytest.mark.parametrize("change", [{"ensemble": "mean"}, {"prediction": "tower"}])
+def test_a_pool_wide_stacking_needs_a_fitted_stacked_start(change: dict[str, str]) -> None:
+    settings = {"prediction": "pool_residual", "ensemble_inputs": "pool"} | change
+    with pytest.raises(ValueError, match="ensemble_inputs 'pool'"):
+        FusionConfig(**settings)
