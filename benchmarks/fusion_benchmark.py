@@ -114,6 +114,7 @@ PAIRED = {
         "emm",
         "best-member",
     ),
+    "ensemble-pool-stacked": ("ensemble-stacked",),
 }
 # The ensembles scored per seed: name -> the settings of the fused model's start.
 ENSEMBLES: dict[str, dict[str, str]] = {
@@ -636,10 +637,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--variants",
-        nargs="+",
+        nargs="*",
         choices=list(fused_variants()),
         default=DEFAULT_VARIANTS,
-        help="fused settings to train (rows already in the results file are kept)",
+        help="fused settings to train (none: the pool and its ensembles only; rows already "
+        "in the results file are kept)",
     )
     parser.add_argument("--rows", type=int, default=300_000, help="synthetic datasets only")
     parser.add_argument(
