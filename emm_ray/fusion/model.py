@@ -283,7 +283,7 @@ class EMMModel(nn.Module):
         return FusedOutput(base, correction, logits, records)
 
     def _ensemble(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """`[B, T]` ensemble logits from the founding members' `logit.<i>` features."""
+        """`[B, T]` ensemble logits from each task's inputs' `logit.<i>` features."""
         return self.ensemble(
             [
                 torch.stack([features[f"logit.{i}"] for i in inputs], 1)
