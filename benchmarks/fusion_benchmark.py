@@ -118,16 +118,24 @@ PAIRED = {
 }
 # The ensembles scored per seed: name -> the settings of the fused model's start.
 ENSEMBLES: dict[str, dict[str, str]] = {
-    "mean": {"ensemble": "mean"},
-    "stacked": {"ensemble": "stacked"},
+    "mean": {"ensemble": "mean", "ensemble_inputs": "own"},
+    "stacked": {"ensemble": "stacked", "ensemble_inputs": "own"},
     "pool-stacked": {"ensemble": "stacked", "ensemble_inputs": "pool"},
 }
 logger = logging.getLogger("fusion_benchmark")
 
 
 def fused_variants() -> dict[str, tuple[str, FusionConfig]]:
-    """Name -> (kind, config) of every trained setting of the fused model."""
-    emm = load_yaml_config(REPO / "configs/fusion/emm.yaml", FusionConfig)
+    """Name -> (kind, config) of every trained setting of the fused model.
+
+    The names fix the ensemble's inputs, whatever `configs/fusion/emm.yaml` ships, so rows
+    recorded before the shipped default changed keep their meaning: `emm` and its controls
+    stack each task's own members, the `-pool-stack` rows every member (the shipped
+    default since session 15).
+    """
+    emm = load_yaml_config(REPO / "configs/fusion/emm.yaml", FusionConfig).model_copy(
+        update={"ensemble_inputs": "own"}
+    )
     pool_stack = {"ensemble_inputs": "pool"}
     return {
         "emm": ("fused", emm),

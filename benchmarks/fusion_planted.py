@@ -7,11 +7,17 @@ inputs would train it. So each task's missing signal lives in the other tasks' m
 and only a cross-task path can reach it. Per seed (data, pool and fusion all seeded),
 the same rows as `fusion_benchmark.py`: pool members, `best-member`,
 `ensemble-stacked`, `mlp-correction`, `akf-own-task` (`top_k: 0`), `emm`, `reference`,
-with paired differences of `emm` against the ablations.
+with paired differences of `emm` against the ablations, and the same rows started from
+the stacking over every member's logit (`-pool-stack`, `ensemble_inputs: pool`).
+
+`--signal additive` plants the other tasks' tables as a weighted sum, which that stacking
+can take by itself; `--signal magnitude` plants them through their magnitude, which no
+weighted sum of the members' logits reaches.
 
     python benchmarks/fusion_planted.py --seeds 0 1 2 3 4
+    python benchmarks/fusion_planted.py --seeds 0 1 2 3 4 --signal magnitude
 
-Writes `benchmarks/results/fusion_planted.md` and its JSON twin `.json`.
+Writes `benchmarks/results/fusion_planted[_magnitude].md` and its JSON twin `.json`.
 """
 
 from __future__ import annotations
@@ -29,7 +35,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fusion_benchmark import fused_variants, render, summary_rows, with_best_members  # noqa: E402
+from fusion_benchmark import (  # noqa: E402
+    ENSEMBLES,
+    fused_variants,
+    render,
+    summary_rows,
+    with_best_members,
+)
 
 from emm_ray.evaluation.metrics import score_module  # noqa: E402
 from emm_ray.fusion import EMMModel  # noqa: E402
@@ -42,14 +54,24 @@ from tests.fusion.planted import (  # noqa: E402
     trained_pool,
 )
 
-VARIANTS = ("emm", "reference", "mlp-correction", "akf-own-task")
+VARIANTS = (
+    "emm",
+    "reference",
+    "mlp-correction",
+    "akf-own-task",
+    "emm-pool-stack",
+    "mlp-correction-pool-stack",
+    "akf-own-task-pool-stack",
+)
 logger = logging.getLogger("fusion_planted")
 
 
-def run_seed(seed: int, tasks: int, rows: int, train: TrainConfig) -> list[dict[str, Any]]:
+def run_seed(
+    seed: int, tasks: int, rows: int, signal: str, train: TrainConfig
+) -> list[dict[str, Any]]:
     schema = planted_schema(tasks)
     train_rows, validation, test = (
-        planted_batch(schema, n, seed=100 * seed + offset, table_seed=7 + seed)
+        planted_batch(schema, n, seed=100 * seed + offset, table_seed=7 + seed, signal=signal)
         for n, offset in ((rows, 1), (rows // 2, 2), (20_000, 3))
     )
     specs = [("mlp", f"task{t}", SMALL_MLP) for t in range(tasks)]
@@ -88,9 +110,14 @@ def run_seed(seed: int, tasks: int, rows: int, train: TrainConfig) -> list[dict[
     for member in pool:
         record(member.name, "pool", member.model, [member.task], pool_seconds)
     configs = fused_variants()
-    start = EMMModel(schema, pool, configs["emm"][1].model_copy(update={"correction": "none"}))
-    start.calibrate(TensorBatches(validation, 4096).batches(0))
-    record("ensemble-stacked", "ensemble", start, start.task_names, 0.0)
+    for ensemble in ("stacked", "pool-stacked"):
+        start = EMMModel(
+            schema,
+            pool,
+            configs["emm"][1].model_copy(update={**ENSEMBLES[ensemble], "correction": "none"}),
+        )
+        start.calibrate(TensorBatches(validation, 4096).batches(0))
+        record(f"ensemble-{ensemble}", "ensemble", start, start.task_names, 0.0)
     for variant in VARIANTS:
         kind, config = configs[variant]
         settings = (
@@ -129,13 +156,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--tasks", type=int, default=2)
     parser.add_argument("--rows", type=int, default=6000)
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument(
-        "--output", type=Path, default=REPO / "benchmarks/results/fusion_planted.md"
-    )
+    parser.add_argument("--signal", choices=("additive", "magnitude"), default="additive")
+    parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
+    suffix = "" if args.signal == "additive" else f"_{args.signal}"
+    output = args.output or REPO / f"benchmarks/results/fusion_planted{suffix}.md"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
     train = TrainConfig(
@@ -143,11 +171,12 @@ def main() -> None:
     )
     rows: list[dict[str, Any]] = []
     for seed in args.seeds:
-        rows += run_seed(seed, args.tasks, args.rows, train)
+        rows += run_seed(seed, args.tasks, args.rows, args.signal, train)
     rows = with_best_members(rows)
     notes = [
-        f"Data: SYNTHETIC planted cross-task signal (tests/fusion/planted.py), {args.tasks} "
-        f"tasks, {args.rows} training rows, {args.rows // 2} validation, 20,000 test; each "
+        f"Data: SYNTHETIC planted cross-task signal (tests/fusion/planted.py, signal "
+        f"`{args.signal}`), {args.tasks} tasks, {args.rows} training rows, "
+        f"{args.rows // 2} validation, 20,000 test; each "
         "seed draws new tables, rows and initialisations. Each member (an MLP) was trained "
         "on its own task's fields only, so each task's remaining signal is in the other "
         "tasks' members.",
@@ -155,11 +184,13 @@ def main() -> None:
         f"{args.epochs}), batch 512, Adam lr {args.lr} for every fused row (validated before "
         "training, per-task choice after it, as the fuse stage does); 1 torch thread.",
         "Rows as in fusion_census.md: (b) `ensemble-stacked`, (c) `mlp-correction`, "
-        "(d) `akf-own-task` (`top_k: 0`), (e) `emm`, (f) `reference`.",
+        "(d) `akf-own-task` (`top_k: 0`), (e) `emm`, (f) `reference`; `-pool-stack` rows "
+        "start from `ensemble-pool-stacked`, the stacking over every member's logit.",
     ]
-    args.output.write_text(render(rows, "Fusion ablations: planted cross-task signal", notes))
-    args.output.with_suffix(".json").write_text(json.dumps(summary_rows(rows), indent=1) + "\n")
-    print(args.output.read_text())
+    title = f"Fusion ablations: planted cross-task signal ({args.signal})"
+    output.write_text(render(rows, title, notes))
+    output.with_suffix(".json").write_text(json.dumps(summary_rows(rows), indent=1) + "\n")
+    print(output.read_text())
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 For each task count T, the first T tasks of `TASKS` (real census labels,
 docs/census_tasks.md; every chosen task's source columns leave the features, so the
 feature set shrinks as T grows), one member per architecture in `--members` per task,
-fused by `emm` with `top_k` below the number of other-task candidates, against the
-stacked ensemble of the same pool and the best converged baseline among `--baselines`.
+fused by the shipped model (`emm-pool-stack`: `configs/fusion/emm.yaml`, which starts at
+the stacking over every member's logit) with `top_k` below the number of other-task
+candidates, against that stacking alone and the best converged baseline among
+`--baselines`.
 Each T is one `fusion_benchmark.py` run (same training rules: early stopping, caps that
 must not bind, per-task choice after training), resumable like it; this script then
 writes `benchmarks/results/task_scaling.md`, its JSON twin and `task_scaling.png`.
@@ -41,6 +43,8 @@ TASKS = (
     "self_employed",
     "school_enrolled",
 )
+# The shipped fused model and the ensemble it starts from (fusion_benchmark.py's names).
+FUSED, ENSEMBLE = "emm-pool-stack", "ensemble-pool-stacked"
 
 
 def run_count(count: int, args: argparse.Namespace) -> Path:
@@ -58,7 +62,7 @@ def run_count(count: int, args: argparse.Namespace) -> Path:
         "--top-k",
         str(args.top_k),
         "--variants",
-        "emm",
+        FUSED,
         "--baselines",
         *args.baselines,
         "--seeds",
@@ -77,8 +81,9 @@ def run_count(count: int, args: argparse.Namespace) -> Path:
 
 
 def summarize(count: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per task: emm, the stacked ensemble and the best baseline (by mean test AUC), with
-    the std over seeds and emm's paired differences (95 % t-interval when >= 2 seeds)."""
+    """Per task: the fused model, its ensemble and the best baseline (by mean test AUC), with
+    the std over seeds and the fused model's paired differences (95 % t-interval when >= 2
+    seeds)."""
     out = []
     for task in TASKS[:count]:
 
@@ -92,21 +97,21 @@ def summarize(count: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return statistics.stdev(aucs(model)) if len(aucs(model)) > 1 else 0.0
 
         def paired(against: str | None, task: str = task) -> dict[str, Any] | None:
-            return paired_differences(rows, "emm", against).get(task) if against else None
+            return paired_differences(rows, FUSED, against).get(task) if against else None
 
         baselines = {r["model"] for r in rows if r["kind"] == "baseline" and r["task"] == task}
         scored = {b: mean(b) for b in baselines}
         best = max(scored, key=lambda b: scored[b] or 0.0) if scored else None
-        emm = [r for r in rows if r["model"] == "emm" and r["task"] == task]
+        emm = [r for r in rows if r["model"] == FUSED and r["task"] == task]
         out.append(
             {
                 "tasks": count,
                 "task": task,
-                "emm_auc": mean("emm"),
-                "emm_auc_std": std("emm"),
-                "ensemble_auc": mean("ensemble-stacked"),
-                "ensemble_auc_std": std("ensemble-stacked"),
-                "emm_minus_ensemble": paired("ensemble-stacked"),
+                "emm_auc": mean(FUSED),
+                "emm_auc_std": std(FUSED),
+                "ensemble_auc": mean(ENSEMBLE),
+                "ensemble_auc_std": std(ENSEMBLE),
+                "emm_minus_ensemble": paired(ENSEMBLE),
                 "best_baseline": best,
                 "best_baseline_auc": scored.get(best) if best else None,
                 "best_baseline_auc_std": std(best) if best else None,
@@ -216,9 +221,11 @@ def main() -> None:
         "Data: real UCI Census-Income (KDD) training file, validation/test carved 10 % / 10 % "
         f"(stratified on the joint label); tasks in order {', '.join(TASKS)}; with T tasks "
         "the source columns of those T tasks leave every model's features.",
-        f"Pool: per task one {', '.join(args.members)} (embed 16); `emm` = "
-        f"configs/fusion/emm.yaml with top_k {args.top_k} (of {len(args.members)} x (T - 1) "
-        "other-task candidates). Baselines: "
+        f"Pool: per task one {', '.join(args.members)} (embed 16); `emm` = the shipped "
+        f"configs/fusion/emm.yaml (`{FUSED}` in fusion_benchmark.py) with top_k {args.top_k} "
+        f"(of {len(args.members)} x (T - 1) other-task candidates); 'stacked ensemble' = "
+        f"its start, `{ENSEMBLE}` (a logistic regression per task on every member's logit). "
+        "Baselines: "
         f"{', '.join(args.baselines)} (library defaults, converged); 'best baseline' is the "
         "one with the higher mean test AUC on that task. Training as fusion_census.md "
         "(early stopping, patience 3, caps 40 / 30, lr 2e-3 / 3e-4); 1 torch thread per "

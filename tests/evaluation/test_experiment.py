@@ -26,6 +26,11 @@ def test_fusion_presets_validate() -> None:
     emm = load_yaml_config(REPO_ROOT / "configs/fusion/emm.yaml", FusionConfig)
     reference = load_yaml_config(REPO_ROOT / "configs/fusion/reference.yaml", FusionConfig)
     assert (emm.variant, emm.embedding, emm.component_input) == ("emm", "pool", "residual")
+    assert (emm.prediction, emm.ensemble, emm.ensemble_inputs) == (
+        "pool_residual",
+        "stacked",
+        "pool",
+    )
     assert (reference.variant, reference.embedding, reference.component_input) == (
         "reference",
         "fresh",

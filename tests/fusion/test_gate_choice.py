@@ -1,11 +1,13 @@
 """Pools where the gates must choose: one candidate carries the signal, the others are noise.
 
-Three tasks; task0's label needs task1's table (planted: `mixing[0, 1] > 0`) and nothing
-of task2's. Every member saw only its own task's fields, so for task0 the task1 member is
-the one useful candidate and the two task2 members are noise. With the shipped fusion
-config (`configs/fusion/emm.yaml`: pool residual, stacked ensemble) and `top_k: 1` of 3
-candidates, the fusion gate must pick the task1 member on >= 90 % of rows, and the gain
-must come from that member: with it untrained (the control) the gain is gone.
+Three tasks; task0's label needs task1's table (planted: `mixing[0, 1] > 0`, through the
+magnitude of task1's table, so the pool-wide stacking of the members' logits cannot take
+it) and nothing of task2's. Every member saw only its own task's fields, so for task0 the
+task1 member is the one useful candidate and the two task2 members are noise. With the
+shipped fusion config (`configs/fusion/emm.yaml`: pool residual, stacked ensemble over the
+whole pool) and `top_k: 1` of 3 candidates, the fusion gate must pick the task1 member on
+>= 90 % of rows, and the gain must come from that member: with it untrained (the control)
+the gain is gone.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from tests.fusion.planted import (
 )
 
 SHIPPED = Path(__file__).resolve().parents[2] / "configs" / "fusion" / "emm.yaml"
-MIXING = np.array([[2.5, 2.0, 0.0], [0.0, 2.5, 0.0], [0.0, 0.0, 2.5]])
+MIXING = np.array([[2.5, 3.0, 0.0], [0.0, 2.5, 0.0], [0.0, 0.0, 2.5]])
 
 
 @dataclass
@@ -48,8 +50,8 @@ class ThreeTasks:
 def three_tasks() -> ThreeTasks:
     schema = planted_schema(3)
     train, validation, test = (
-        planted_batch(schema, rows, seed, mixing=MIXING)
-        for rows, seed in ((6000, 1), (3000, 2), (20000, 3))
+        planted_batch(schema, rows, seed, mixing=MIXING, signal="magnitude")
+        for rows, seed in ((10000, 1), (3000, 2), (20000, 3))
     )
     specs = [("mlp", task, SMALL_MLP) for task in ("task0", "task1", "task2", "task2")]
     return ThreeTasks(train, validation, test, trained_pool(schema, train, validation, specs))
@@ -66,7 +68,7 @@ def fuse(data: ThreeTasks, pool: list[PoolMember]) -> tuple[EMMModel, float]:
         data.train,
         data.validation,
         model.task_indices,
-        quick_config(lr=3e-3, batch_size=512, epochs=20, validate_initial=True),
+        quick_config(lr=2e-3, batch_size=512, epochs=30, patience=6, validate_initial=True),
     )
     start = EMMModel(schema, pool, config.model_copy(update={"correction": "none"}))
     start.calibrate(TensorBatches(data.validation, 1000).batches(0))
