@@ -628,6 +628,59 @@ def render(rows: list[dict[str, Any]], title: str, notes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# What each row is, for the notes of a table that holds it: (rows, text).
+ROW_NOTES = (
+    (
+        ("ensemble-stacked",),
+        "`ensemble-stacked` (b): per task a logistic regression on its own members' logits, "
+        "fitted on the validation rows (trainable params: its fitted numbers).",
+    ),
+    (("ensemble-mean",), "`ensemble-mean`: the plain mean of a task's members' logits."),
+    (
+        ("best-member",),
+        "`best-member` (a): per seed and task, the member with the best validation AUC "
+        "(form: which).",
+    ),
+    (
+        ("mlp-correction", "akf-own-task", "emm"),
+        "`mlp-correction` (c), `akf-own-task` (d, `top_k: 0`) and `emm` (e) start at "
+        "`ensemble-stacked` and, after training, keep a task's correction only where it "
+        "beats that start on validation.",
+    ),
+    (("reference",), "`reference` (f): the authors' formulation."),
+    (
+        ("ensemble-pool-stacked",),
+        "`ensemble-pool-stacked` (b'): per task a logistic regression on EVERY pool "
+        "member's logit, the other tasks' members included (`ensemble_inputs: pool`, the "
+        "shipped setting), fitted on the validation rows.",
+    ),
+    (
+        ("emm-pool-stack", "mlp-correction-pool-stack", "akf-own-task-pool-stack"),
+        "`emm-pool-stack` (e', the shipped configs/fusion/emm.yaml) and its controls "
+        "`mlp-correction-pool-stack` (c') and `akf-own-task-pool-stack` (d') start at "
+        "`ensemble-pool-stacked`; otherwise each is its unsuffixed row's setting.",
+    ),
+)
+
+
+def row_notes(models: set[str], funnel: bool) -> list[str]:
+    """The notes on the rows a table holds (and on its baselines, if any)."""
+    texts = [text for names, text in ROW_NOTES if models & set(names)]
+    notes = [" ".join(texts)] if texts else []
+    if any(m in BASELINES or m.removesuffix("-tuned") in BASELINES for m in models):
+        notes.append(
+            "Baselines: library defaults, and `<name>-tuned`: the best of one Ray Tune search "
+            "(tune_spaces/baselines/default.yaml: lr, embedding dim, dropout, widths, expert "
+            "counts; the trials x epochs budget of the fusion's own search, "
+            "tune_spaces/default.yaml) trained to convergence like every row; form `parallel` "
+            "= ESMM/AITM as their reference implementations run a non-funnel task mix (no "
+            "CTR x CVR product, no calibration penalty), `funnel` = the papers' form, chosen "
+            f"from the training labels (nested positives: {funnel})."
+        )
+    notes.append("AUC: mean ± sample std over seeds.")
+    return notes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=["census", "ali_ccp", "aliexpress"], default="census")
@@ -794,21 +847,7 @@ def main() -> None:
         "shared 2-core CPU machine (train s is wall time, load included). A row whose best "
         "epoch is within `patience` of its cap on any seed is marked failed.",
         f"Pool: {pool_text} (embed 16{POOL_NOTES.get(args.dataset, '')}); every fused row "
-        "of a seed fuses that seed's pool. `ensemble-stacked` (b): per task a logistic "
-        "regression on its members' logits, fitted on the validation rows (trainable "
-        "params: its fitted numbers); `ensemble-mean`: their plain mean. `best-member` (a): "
-        "per seed and task, the member with the best validation AUC (form: which). "
-        "`mlp-correction` (c), `akf-own-task` (d, `top_k: 0`) and `emm` (e) start at the "
-        "stacked ensemble and, after training, keep a task's correction only where it "
-        "beats the ensemble on validation. `reference` (f): the authors' formulation.",
-        "Baselines: library defaults, and `<name>-tuned`: the best of one Ray Tune search "
-        "(tune_spaces/baselines/default.yaml: lr, embedding dim, dropout, widths, expert "
-        "counts; the trials x epochs budget of the fusion's own search, "
-        "tune_spaces/default.yaml) trained to convergence like every row; form `parallel` = "
-        "ESMM/AITM as their reference implementations run a non-funnel task mix "
-        "(no CTR x CVR product, no calibration "
-        "penalty), `funnel` = the papers' form, chosen from the training labels "
-        f"(nested positives: {bench.funnel}). AUC: mean ± sample std over seeds.",
+        "of a seed fuses that seed's pool.",
     ]
     if args.split_features:
         notes.append(
@@ -831,14 +870,7 @@ def main() -> None:
     )
     output = args.output or REPO / "benchmarks" / "results" / f"fusion_{name}.md"
     rows = with_best_members(read_rows(results))
-    if any(r["model"] == "ensemble-pool-stacked" for r in rows):
-        notes.append(
-            "`ensemble-pool-stacked` (b'): per task a logistic regression on EVERY pool "
-            "member's logit, the other tasks' members included (`ensemble_inputs: pool`), "
-            "fitted on the validation rows. `emm-pool-stack` (e') and its controls "
-            "`mlp-correction-pool-stack` (c') and `akf-own-task-pool-stack` (d') start there; "
-            "otherwise each is its unsuffixed row's setting."
-        )
+    notes += row_notes({r["model"] for r in rows}, bench.funnel)
     output.write_text(render(rows, title, notes))
     output.with_suffix(".json").write_text(json.dumps(summary_rows(rows), indent=1) + "\n")
     print(output.read_text())
