@@ -115,6 +115,9 @@ PAIRED = {
         "best-member",
     ),
     "ensemble-pool-stacked": ("ensemble-stacked",),
+    "emm-dropout": ("mlp-correction", "emm"),
+    "emm-narrow": ("mlp-correction", "emm"),
+    "emm-fresh-embedding": ("mlp-correction", "emm"),
 }
 # The ensembles scored per seed: name -> the settings of the fused model's start.
 ENSEMBLES: dict[str, dict[str, str]] = {
