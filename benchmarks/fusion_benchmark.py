@@ -117,7 +117,12 @@ PAIRED = {
     "ensemble-pool-stacked": ("ensemble-stacked",),
     "emm-dropout": ("mlp-correction", "emm"),
     "emm-narrow": ("mlp-correction", "emm"),
-    "emm-fresh-embedding": ("mlp-correction", "emm"),
+    "emm-fresh-embedding": (
+        "mlp-correction-fresh-embedding",
+        "akf-own-task-fresh-embedding",
+        "mlp-correction",
+        "emm",
+    ),
 }
 # The ensembles scored per seed: name -> the settings of the fused model's start.
 ENSEMBLES: dict[str, dict[str, str]] = {
@@ -140,6 +145,7 @@ def fused_variants() -> dict[str, tuple[str, FusionConfig]]:
         update={"ensemble_inputs": "own"}
     )
     pool_stack = {"ensemble_inputs": "pool"}
+    fresh = {"embedding": "fresh"}
     return {
         "emm": ("fused", emm),
         "reference": (
@@ -148,7 +154,12 @@ def fused_variants() -> dict[str, tuple[str, FusionConfig]]:
         ),
         "mlp-correction": ("ablation", emm.model_copy(update={"correction": "mlp"})),
         "akf-own-task": ("ablation", emm.model_copy(update={"top_k": 0})),
-        "emm-fresh-embedding": ("fused", emm.model_copy(update={"embedding": "fresh"})),
+        "emm-fresh-embedding": ("fused", emm.model_copy(update=fresh)),
+        "mlp-correction-fresh-embedding": (
+            "ablation",
+            emm.model_copy(update={"correction": "mlp", **fresh}),
+        ),
+        "akf-own-task-fresh-embedding": ("ablation", emm.model_copy(update={"top_k": 0, **fresh})),
         "emm-dropout": ("fused", emm.model_copy(update={"dropout": 0.2})),
         "emm-narrow": ("fused", emm.model_copy(update={"d_model": 32, "tower_hidden": (32,)})),
         "emm-frozen-pool": ("fused", emm.model_copy(update={"component_input": "none"})),

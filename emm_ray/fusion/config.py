@@ -24,7 +24,9 @@ class FusionConfig(StrictModel):
     - `levels`: number of aligned levels L; `None` derives it as the smallest number of
       blocks in the pool (so every member contributes a component at every level).
     - `embedding`: `pool` reuses each member's own trained embedding, frozen; `fresh`
-      learns one new embedding shared by all members (the reference's choice).
+      learns one new embedding shared by all members (the reference's choice); with
+      `correction: mlp` the MLP correction reads that fresh embedding beside the members'
+      states.
     - `component_input`: what feeds a member's component at level l+1. `residual` gives it
       its own previous component's output plus a zero-initialised adapter of its task's
       fused state (so at initialisation every member runs exactly as trained, and fusion
@@ -85,8 +87,10 @@ class FusionConfig(StrictModel):
                 "ensemble_inputs 'pool' weighs every member's logit by a fitted stacking: "
                 "it needs ensemble 'stacked' and prediction 'pool_residual'"
             )
-        if self.embedding == "fresh" and self.correction != "akf":
-            raise ValueError("a fresh embedding feeds the AKF stack: it needs correction 'akf'")
+        if self.embedding == "fresh" and self.correction == "none":
+            raise ValueError(
+                "a fresh embedding feeds a correction: it needs correction 'akf' or 'mlp'"
+            )
         if self.component_input == "none" and self.embedding == "fresh":
             raise ValueError(
                 "component_input 'none' runs the pool exactly as trained, on its own "

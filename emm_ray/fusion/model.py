@@ -45,6 +45,7 @@ from emm_ray.fusion.decompose import AlignedMember, PoolMember, check_members, d
 from emm_ray.fusion.ensemble import PoolEnsemble
 from emm_ray.fusion.frozen import freeze_, keep_frozen_in_eval
 from emm_ray.fusion.stack import AKFStack, PoolLayout
+from emm_ray.models.base import FlatInput
 from emm_ray.train.collect import RowCollector
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,15 @@ class EMMModel(nn.Module):
         )
         residual = config.prediction == "pool_residual"
         self.heads = (
-            MLPCorrection(config.tower_hidden, residual) if config.correction == "mlp" else None
+            MLPCorrection(
+                config.tower_hidden,
+                residual,
+                FlatInput(schema, config.fresh_embedding_dim)
+                if config.embedding == "fresh"
+                else None,
+            )
+            if config.correction == "mlp"
+            else None
         )
         self.open_tasks: list[int] = []
         pool_tasks = {m.task for m in members}
@@ -270,7 +279,9 @@ class EMMModel(nn.Module):
             correction, records = self.stack(self.members, sparse, dense, embedded, features, trace)
         elif self.heads is not None:
             correction = self.heads(
-                [torch.cat([features[f"hidden.{i}"] for i in own], dim=1) for own in founding]
+                [torch.cat([features[f"hidden.{i}"] for i in own], dim=1) for own in founding],
+                sparse,
+                dense,
             )
         else:
             correction = sparse.new_zeros(rows, len(self.task_names), dtype=torch.float32)

@@ -36,7 +36,8 @@ def test_every_correction_starts_exactly_at_the_stacked_ensemble(
     reference = ensemble_only(planted, planted_pool)
     assert not reference.trainable_parameters()
     start = logits(reference, planted)
-    for overrides in ({"correction": "mlp"}, {"top_k": 0}, {}):
+    fresh = {"embedding": "fresh", "fresh_embedding_dim": 4}
+    for overrides in ({"correction": "mlp"}, {"correction": "mlp", **fresh}, {"top_k": 0}, {}):
         model = EMMModel(planted.schema, planted_pool, residual(**overrides))
         model.load_state_dict(reference.state_dict(), strict=False)
         assert torch.equal(logits(model, planted), start), overrides
@@ -57,6 +58,24 @@ def test_mlp_correction_has_no_gates_no_adapters_and_no_cross_task_path(
     out = model(batch.sparse, batch.dense)
     out[:, 0].sum().backward()  # task0's correction reads nothing of task1's members
     assert all(p.grad is None or not p.grad.any() for p in model.heads.heads[1].parameters())
+
+
+def test_mlp_correction_with_a_fresh_embedding_reads_and_trains_it(
+    planted: Planted, planted_pool: list[PoolMember]
+) -> None:
+    """The control for `embedding: fresh`: the same new input, no stack."""
+    config = residual(correction="mlp", embedding="fresh", fresh_embedding_dim=4)
+    model = EMMModel(planted.schema, planted_pool, config)
+    fresh = model.heads.fresh_embedding
+    hidden = sum(m.hidden_width for m in model.members if m.task == "task0")
+    assert model.heads.heads[0].mlp[0].in_features == hidden + fresh.out_width
+    with torch.no_grad():  # past the zero start, as after a first step
+        for head in model.heads.heads:
+            head.mlp[-1].weight.fill_(0.1)
+    model.train()
+    batch = planted.train.slice(slice(0, 256))
+    model(batch.sparse, batch.dense).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in fresh.parameters())
 
 
 def test_top_k_zero_switches_the_cross_task_path_off(
@@ -88,7 +107,7 @@ def test_configs_that_cannot_work_are_refused() -> None:
     with pytest.raises(ValidationError, match="pool_residual"):
         FusionConfig(correction="none", prediction="tower")
     with pytest.raises(ValidationError, match="fresh embedding"):
-        FusionConfig(correction="mlp", embedding="fresh")
+        FusionConfig(correction="none", embedding="fresh", prediction="pool_residual")
     with pytest.raises(ValidationError):
         FusionConfig(top_k=-1)
 
