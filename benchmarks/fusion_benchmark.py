@@ -674,6 +674,22 @@ ROW_NOTES = (
         "`mlp-correction-pool-stack` (c') and `akf-own-task-pool-stack` (d') start at "
         "`ensemble-pool-stacked`; otherwise each is its unsuffixed row's setting.",
     ),
+    (
+        ("emm-dropout", "emm-narrow", "emm-frozen-pool"),
+        "Settings of `emm`: `emm-dropout` dropout 0.2 in the stack; `emm-narrow` d_model and "
+        "tower 32; `emm-frozen-pool` `component_input: none` (the pool runs as trained).",
+    ),
+    (
+        (
+            "emm-fresh-embedding",
+            "mlp-correction-fresh-embedding",
+            "akf-own-task-fresh-embedding",
+        ),
+        "`-fresh-embedding` rows: `emm`, (c) and (d) with `embedding: fresh`, a new "
+        "embedding of the rows trained with the correction (in the stack it replaces the "
+        "members' own embeddings as level 0's input; the MLP correction reads it beside "
+        "the members' last hidden states); the ensemble start is unchanged.",
+    ),
 )
 
 
