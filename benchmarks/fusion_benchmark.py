@@ -123,6 +123,13 @@ PAIRED = {
         "mlp-correction",
         "emm",
     ),
+    "emm-fresh-pool-stack": (
+        "ensemble-pool-stacked",
+        "mlp-correction-fresh-pool-stack",
+        "akf-own-task-fresh-pool-stack",
+        "mlp-correction-pool-stack",
+        "emm-pool-stack",
+    ),
 }
 # The ensembles scored per seed: name -> the settings of the fused model's start.
 ENSEMBLES: dict[str, dict[str, str]] = {
@@ -169,6 +176,15 @@ def fused_variants() -> dict[str, tuple[str, FusionConfig]]:
             emm.model_copy(update={"correction": "mlp", **pool_stack}),
         ),
         "akf-own-task-pool-stack": ("ablation", emm.model_copy(update={"top_k": 0, **pool_stack})),
+        "emm-fresh-pool-stack": ("fused", emm.model_copy(update={**fresh, **pool_stack})),
+        "mlp-correction-fresh-pool-stack": (
+            "ablation",
+            emm.model_copy(update={"correction": "mlp", **fresh, **pool_stack}),
+        ),
+        "akf-own-task-fresh-pool-stack": (
+            "ablation",
+            emm.model_copy(update={"top_k": 0, **fresh, **pool_stack}),
+        ),
     }
 
 
@@ -689,6 +705,16 @@ ROW_NOTES = (
         "embedding of the rows trained with the correction (in the stack it replaces the "
         "members' own embeddings as level 0's input; the MLP correction reads it beside "
         "the members' last hidden states); the ensemble start is unchanged.",
+    ),
+    (
+        (
+            "emm-fresh-pool-stack",
+            "mlp-correction-fresh-pool-stack",
+            "akf-own-task-fresh-pool-stack",
+        ),
+        "`-fresh-pool-stack` rows: the `-fresh-embedding` settings started at "
+        "`ensemble-pool-stacked` (`configs/fusion/emm-fresh.yaml` is "
+        "`emm-fresh-pool-stack`).",
     ),
 )
 
