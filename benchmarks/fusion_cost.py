@@ -9,7 +9,9 @@ that must not bind), trains
 - `emm`: the shipped fused model over that pool (`configs/fusion/emm.yaml`: the stack's
   levels after the first re-run on the fused state), as the fuse stage trains it
   (`FuseSpec.fit_config`: its own lr, scored before training);
-- `emm-frozen-pool`: the same with `component_input: none` (the pool runs once, fully
+- `emm-fresh`: `configs/fusion/emm-fresh.yaml`, level 0 on a fresh embedding (the
+  frozen blocks re-run on it every step: no level-0 precompute);
+- `emm-frozen-pool`: `emm` with `component_input: none` (the pool runs once, fully
   precomputed);
 - `ple`: PLE end to end, the best converged baseline of `fusion_census.md`.
 
@@ -57,7 +59,12 @@ from fusion_benchmark import MEMBER_HPARAMS, POOLS  # the same pool, run as a sc
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = Path(tempfile.gettempdir()) / "emm-bench"
-FUSED = {"emm": "residual", "emm-frozen-pool": "none"}
+# Fused rows: name -> (the fusion config file, settings changed in it).
+FUSED: dict[str, tuple[str, dict[str, str]]] = {
+    "emm": ("emm.yaml", {}),
+    "emm-frozen-pool": ("emm.yaml", {"component_input": "none"}),
+    "emm-fresh": ("emm-fresh.yaml", {}),
+}
 
 
 @dataclass
@@ -74,13 +81,21 @@ class Measured:
     val_auc: float
 
 
+def fused_config(fusion: tuple[str, dict[str, str]]) -> Any:
+    """A `FUSED` entry as its `FusionConfig`."""
+    from emm_ray.config import load_yaml_config
+    from emm_ray.fusion import FusionConfig
+
+    path, update = fusion
+    return load_yaml_config(REPO / "configs/fusion" / path, FusionConfig).model_copy(update=update)
+
+
 def train_in_child(job: dict[str, Any]) -> dict[str, Any]:
     """Runs in a fresh process: build one model, fit it, report time and peak memory."""
     from emm_ray.baselines import build_baseline
-    from emm_ray.config import load_yaml_config
     from emm_ray.data.prepare import PreparedDataset
     from emm_ray.data.streaming import load_split
-    from emm_ray.fusion import EMMModel, FusionConfig, PoolMember
+    from emm_ray.fusion import EMMModel, PoolMember
     from emm_ray.fusion.stage import FuseSpec
     from emm_ray.models import build_model
     from emm_ray.train.loop import TensorBatches, TrainConfig, fit, seed_everything
@@ -105,9 +120,7 @@ def train_in_child(job: dict[str, Any]) -> dict[str, Any]:
             state = torch.load(Path(job["pool_dir"]) / f"{name}.pt", weights_only=True)
             member.load_state_dict(state)
             pool.append(PoolMember(name, member.eval()))
-        fusion = load_yaml_config(REPO / "configs/fusion/emm.yaml", FusionConfig).model_copy(
-            update={"component_input": job["component_input"]}
-        )
+        fusion = fused_config(job["fusion"])
         config = FuseSpec(fusion=fusion, train=config).fit_config
         module = EMMModel(schema, pool, fusion)
         tasks = module.task_names
@@ -148,9 +161,7 @@ def train_streamed_in_child(job: dict[str, Any]) -> dict[str, Any]:
     from process_tree import TreeMonitor
 
     from emm_ray.baselines.stage import BaselineFactory
-    from emm_ray.config import load_yaml_config
     from emm_ray.data.schema import FeatureSchema
-    from emm_ray.fusion import FusionConfig
     from emm_ray.fusion.stage import FusedModelFactory, FuseSpec, MemberWeights
     from emm_ray.runtime import init_ray
     from emm_ray.train.loop import TrainConfig
@@ -180,9 +191,7 @@ def train_streamed_in_child(job: dict[str, Any]) -> dict[str, Any]:
             )
             for name, architecture, task in job["pool"]
         )
-        fusion = load_yaml_config(REPO / "configs/fusion/emm.yaml", FusionConfig).model_copy(
-            update={"component_input": job["component_input"]}
-        )
+        fusion = fused_config(job["fusion"])
         config = FuseSpec(fusion=fusion, train=config).fit_config
         factory = FusedModelFactory(members, fusion)
         module = factory(schema)
@@ -326,9 +335,8 @@ def main() -> None:
         )
     fusion_train = {**train, "epochs": args.fusion_epochs, "lr": args.fusion_lr}
     for name in args.fused:
-        component_input = FUSED[name]
         job = {**common, "kind": "fused", "name": name, "pool": pool, "train": fusion_train}
-        measured.append(measure({**job, "component_input": component_input}))
+        measured.append(measure({**job, "fusion": FUSED[name]}))
     measured.append(measure({**common, "kind": "ple", "name": "ple", "train": train}))
     write(args, measured, len(pool), prepared.num_rows("train"))
 

@@ -62,6 +62,9 @@ VARIANTS = (
     "emm-pool-stack",
     "mlp-correction-pool-stack",
     "akf-own-task-pool-stack",
+    "emm-fresh-pool-stack",
+    "mlp-correction-fresh-pool-stack",
+    "akf-own-task-fresh-pool-stack",
 )
 logger = logging.getLogger("fusion_planted")
 
@@ -185,7 +188,8 @@ def main() -> None:
         "training, per-task choice after it, as the fuse stage does); 1 torch thread.",
         "Rows as in fusion_census.md: (b) `ensemble-stacked`, (c) `mlp-correction`, "
         "(d) `akf-own-task` (`top_k: 0`), (e) `emm`, (f) `reference`; `-pool-stack` rows "
-        "start from `ensemble-pool-stacked`, the stacking over every member's logit.",
+        "start from `ensemble-pool-stacked`, the stacking over every member's logit; "
+        "`-fresh-pool-stack` rows add `embedding: fresh` (configs/fusion/emm-fresh.yaml).",
     ]
     title = f"Fusion ablations: planted cross-task signal ({args.signal})"
     output.write_text(render(rows, title, notes))
