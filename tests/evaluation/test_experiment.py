@@ -25,6 +25,9 @@ def test_census_config_describes_the_real_run() -> None:
 def test_fusion_presets_validate() -> None:
     emm = load_yaml_config(REPO_ROOT / "configs/fusion/emm.yaml", FusionConfig)
     reference = load_yaml_config(REPO_ROOT / "configs/fusion/reference.yaml", FusionConfig)
+    fresh = load_yaml_config(REPO_ROOT / "configs/fusion/emm-fresh.yaml", FusionConfig)
+    # the opt-in preset differs from the shipped one in its level-0 input only
+    assert fresh == emm.model_copy(update={"embedding": "fresh"})
     assert (emm.variant, emm.embedding, emm.component_input) == ("emm", "pool", "residual")
     assert (emm.prediction, emm.ensemble, emm.ensemble_inputs) == (
         "pool_residual",
