@@ -26,11 +26,11 @@ from typing import Any, Literal
 
 import torch
 from mlflow.tracking import MlflowClient
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from emm_ray import storage
 from emm_ray.checksum import parameter_checksum
-from emm_ray.config import StrictModel
+from emm_ray.config import StrictModel, load_yaml_config
 from emm_ray.data.prepare import PreparedDataset
 from emm_ray.data.schema import FeatureSchema
 from emm_ray.errors import ArtifactIntegrityError, ConfigError, EmmError
@@ -78,6 +78,8 @@ class FuseSpec(StrictModel):
     too large for memory (`data_mode: auto`; `stream` forces it). A
     `pool_residual` model starts at its pool's ensemble, so unless `train` says otherwise
     it is validated before training and kept as it is when no epoch improves on it.
+    `fusion` is the settings themselves or the path of a preset file
+    (`configs/fusion/*.yaml`, relative to the working directory).
     """
 
     name: str = Field("emm", pattern=NAME_PATTERN)
@@ -88,6 +90,16 @@ class FuseSpec(StrictModel):
     train: TrainConfig = TrainConfig(epochs=10, lr=2e-3, patience=2)
     resources: WorkerResources = WorkerResources()
     data_mode: DataMode = "auto"
+
+    @field_validator("fusion", mode="before")
+    @classmethod
+    def read_preset(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return load_yaml_config(value, FusionConfig)
+        except ConfigError as exc:  # a ValueError names the run config's key as well
+            raise ValueError(f"fusion preset: {exc}") from exc
 
     @property
     def fit_config(self) -> TrainConfig:

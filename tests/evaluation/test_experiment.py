@@ -41,6 +41,19 @@ def test_fusion_presets_validate() -> None:
     )
 
 
+def test_a_run_config_names_a_fusion_preset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)  # preset paths are read from the working directory
+    path = tmp_path / "run.yaml"
+    path.write_text("fuse:\n  fusion: configs/fusion/emm-fresh.yaml\n")
+    fresh = load_yaml_config(REPO_ROOT / "configs/fusion/emm-fresh.yaml", FusionConfig)
+    assert load_experiment(path).fuse.fusion == fresh
+    path.write_text("fuse:\n  fusion: configs/fusion/emm-frsh.yaml\n")
+    with pytest.raises(ConfigError, match=r"fuse\.fusion: .*emm-frsh\.yaml does not exist"):
+        load_experiment(path)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
