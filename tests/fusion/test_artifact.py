@@ -16,25 +16,16 @@ from tests.fusion.planted import planted_batch, planted_schema, untrained_pool
 MEMBER = {"embed_dim": 4, "hidden": (16, 8)}
 
 
-@pytest.mark.parametrize(
-    ("variant", "embedding"), [("emm", "pool"), ("reference", "pool"), ("emm", "tuned")]
-)
-def test_saved_fused_model_reloads_exactly_with_plug_in_steps(
-    variant: str, embedding: str, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize("variant", ["emm", "reference"])
+def test_saved_fused_model_reloads_exactly_with_plug_in_steps(variant: str, tmp_path: Path) -> None:
     schema = planted_schema(3)
     pool = untrained_pool(schema, [("mlp", "task0", MEMBER), ("deepfm", "task1", MEMBER)])
     pool[0] = PoolMember(pool[0].name, pool[0].model, {"run_id": "abc"})
-    config = FusionConfig(variant=variant, d_model=8, heads=2, embedding=embedding)
-    model = EMMModel(schema, pool, config)
+    model = EMMModel(schema, pool, FusionConfig(variant=variant, d_model=8, heads=2))
     model.add_members([PoolMember("late", build_model("dcn_v2", schema, "task2", **MEMBER))])
     with torch.no_grad():
         for scale in model.plugin_scales():
             scale.fill_(0.5)
-        for member in model.members:
-            if member.tuned_embedding is not None:  # a trained copy differs from its original
-                for parameter in member.tuned_embedding.parameters():
-                    parameter.add_(0.1)
     batch = planted_batch(schema, 40, seed=0)
     expected = model.eval()(batch.sparse, batch.dense)
 
