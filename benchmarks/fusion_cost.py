@@ -11,8 +11,6 @@ that must not bind), trains
   (`FuseSpec.fit_config`: its own lr, scored before training);
 - `emm-fresh`: `configs/fusion/emm-fresh.yaml`, level 0 on a fresh embedding (the
   frozen blocks re-run on it every step: no level-0 precompute);
-- `emm-tuned`: `emm` with `embedding: tuned` (level 0 on a trainable copy of each
-  member's embedding: no level-0 precompute either);
 - `emm-frozen-pool`: `emm` with `component_input: none` (the pool runs once, fully
   precomputed);
 - `ple`: PLE end to end, the best converged baseline of `fusion_census.md`.
@@ -66,7 +64,6 @@ FUSED: dict[str, tuple[str, dict[str, str]]] = {
     "emm": ("emm.yaml", {}),
     "emm-frozen-pool": ("emm.yaml", {"component_input": "none"}),
     "emm-fresh": ("emm-fresh.yaml", {}),
-    "emm-tuned": ("emm.yaml", {"embedding": "tuned"}),
 }
 
 
