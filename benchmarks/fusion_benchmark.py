@@ -130,13 +130,6 @@ PAIRED = {
         "mlp-correction-pool-stack",
         "emm-pool-stack",
     ),
-    "emm-tuned-pool-stack": (
-        "ensemble-pool-stacked",
-        "mlp-correction-pool-stack",
-        "akf-own-task-tuned-pool-stack",
-        "emm-pool-stack",
-        "emm-fresh-pool-stack",
-    ),
 }
 # The ensembles scored per seed: name -> the settings of the fused model's start.
 ENSEMBLES: dict[str, dict[str, str]] = {
@@ -160,7 +153,6 @@ def fused_variants() -> dict[str, tuple[str, FusionConfig]]:
     )
     pool_stack = {"ensemble_inputs": "pool"}
     fresh = {"embedding": "fresh"}
-    tuned = {"embedding": "tuned", **pool_stack}
     return {
         "emm": ("fused", emm),
         "reference": (
@@ -192,11 +184,6 @@ def fused_variants() -> dict[str, tuple[str, FusionConfig]]:
         "akf-own-task-fresh-pool-stack": (
             "ablation",
             emm.model_copy(update={"top_k": 0, **fresh, **pool_stack}),
-        ),
-        "emm-tuned-pool-stack": ("fused", emm.model_copy(update=tuned)),
-        "akf-own-task-tuned-pool-stack": (
-            "ablation",
-            emm.model_copy(update={"top_k": 0, **tuned}),
         ),
     }
 
@@ -728,14 +715,6 @@ ROW_NOTES = (
         "`-fresh-pool-stack` rows: the `-fresh-embedding` settings started at "
         "`ensemble-pool-stacked` (`configs/fusion/emm-fresh.yaml` is "
         "`emm-fresh-pool-stack`).",
-    ),
-    (
-        ("emm-tuned-pool-stack", "akf-own-task-tuned-pool-stack"),
-        "`-tuned-pool-stack` rows: `emm-pool-stack` and (d') with `embedding: tuned`, level "
-        "0 run on a trainable copy of each member's own embedding (the untrained model is "
-        "`emm-pool-stack`'s; the frozen originals give the ensemble); its (c) control is "
-        "`mlp-correction-pool-stack`, since a head over the members' outputs has no level 0 "
-        "to feed.",
     ),
 )
 

@@ -65,8 +65,6 @@ VARIANTS = (
     "emm-fresh-pool-stack",
     "mlp-correction-fresh-pool-stack",
     "akf-own-task-fresh-pool-stack",
-    "emm-tuned-pool-stack",
-    "akf-own-task-tuned-pool-stack",
 )
 logger = logging.getLogger("fusion_planted")
 
@@ -191,9 +189,7 @@ def main() -> None:
         "Rows as in fusion_census.md: (b) `ensemble-stacked`, (c) `mlp-correction`, "
         "(d) `akf-own-task` (`top_k: 0`), (e) `emm`, (f) `reference`; `-pool-stack` rows "
         "start from `ensemble-pool-stacked`, the stacking over every member's logit; "
-        "`-fresh-pool-stack` rows add `embedding: fresh` (configs/fusion/emm-fresh.yaml), "
-        "`-tuned-pool-stack` rows `embedding: tuned` (level 0 on a trainable copy of each "
-        "member's embedding).",
+        "`-fresh-pool-stack` rows add `embedding: fresh` (configs/fusion/emm-fresh.yaml).",
     ]
     title = f"Fusion ablations: planted cross-task signal ({args.signal})"
     output.write_text(render(rows, title, notes))

@@ -26,11 +26,7 @@ class FusionConfig(StrictModel):
     - `embedding`: `pool` reuses each member's own trained embedding, frozen; `fresh`
       learns one new embedding shared by all members (the reference's choice); with
       `correction: mlp` the MLP correction reads that fresh embedding beside the members'
-      states; `tuned` feeds level 0 a trainable copy of each member's own embedding, so
-      the untrained model is exactly the `pool` one and training may move what the
-      frozen blocks read (the originals stay frozen and give the ensemble's logits).
-      `fresh` and `tuned` re-run the level-0 blocks every step (nothing is precomputed
-      for them).
+      states.
     - `component_input`: what feeds a member's component at level l+1. `residual` gives it
       its own previous component's output plus a zero-initialised adapter of its task's
       fused state (so at initialisation every member runs exactly as trained, and fusion
@@ -69,7 +65,7 @@ class FusionConfig(StrictModel):
     ffn_multiplier: PositiveInt = 2
     top_k: Annotated[int, Field(ge=0)] = 2
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    embedding: Literal["pool", "fresh", "tuned"] = "pool"
+    embedding: Literal["pool", "fresh"] = "pool"
     fresh_embedding_dim: PositiveInt = 16
     component_input: Literal["residual", "fused", "none"] = "residual"
     tower_hidden: tuple[PositiveInt, ...] = (64,)
@@ -95,11 +91,7 @@ class FusionConfig(StrictModel):
             raise ValueError(
                 "a fresh embedding feeds a correction: it needs correction 'akf' or 'mlp'"
             )
-        if self.embedding == "tuned" and self.correction != "akf":
-            raise ValueError(
-                "a tuned embedding feeds the AKF stack's level 0: it needs correction 'akf'"
-            )
-        if self.component_input == "none" and self.embedding != "pool":
+        if self.component_input == "none" and self.embedding == "fresh":
             raise ValueError(
                 "component_input 'none' runs the pool exactly as trained, on its own "
                 "embeddings: it needs embedding 'pool'"

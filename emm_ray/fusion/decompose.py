@@ -24,7 +24,6 @@ the residual adapter, which must start at zero.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from emm_ray.errors import ConfigError, SchemaMismatchError
-from emm_ray.fusion.frozen import FROZEN_ATTRIBUTE, Frozen
+from emm_ray.fusion.frozen import Frozen
 from emm_ray.models.base import DecomposableModel
 
 
@@ -125,16 +124,6 @@ class ZeroLinear(nn.Linear):
         nn.init.zeros_(self.bias)
 
 
-def trainable_copy(module: nn.Module) -> nn.Module:
-    """A deep copy of a trained module whose parameters train (the original is untouched)."""
-    clone = copy.deepcopy(module)
-    for inner in clone.modules():
-        inner.__dict__.pop(FROZEN_ATTRIBUTE, None)
-    for parameter in clone.parameters():
-        parameter.requires_grad_(True)
-    return clone
-
-
 def width_adapter(in_width: int, out_width: int) -> nn.Module:
     """Identity where widths agree, else a trainable linear map."""
     return nn.Identity() if in_width == out_width else nn.Linear(in_width, out_width)
@@ -144,10 +133,9 @@ class AlignedMember(nn.Module):
     """One pool member cut into L frozen level components, with its trainable adapters.
 
     `fresh_width` is the width of the shared fresh embedding that feeds level 0 (`None`:
-    the member's own embedding does: frozen, or with `tuned` a trainable copy of it). The
-    member's embedding and tower are kept, frozen, in every case: they compute the
-    member's own prediction (`native`). Without `d_model` (a fused model with no AKF
-    stack) the member gets no adapters at all.
+    the member's own frozen embedding does). The member's embedding and tower are kept,
+    frozen, in both cases: they compute the member's own prediction (`native`). Without
+    `d_model` (a fused model with no AKF stack) the member gets no adapters at all.
     """
 
     def __init__(
@@ -157,7 +145,6 @@ class AlignedMember(nn.Module):
         d_model: int | None,
         component_input: Literal["residual", "fused", "none"],
         fresh_width: int | None,
-        tuned: bool = False,
     ) -> None:
         super().__init__()
         decomposition = member.model.decompose()
@@ -165,7 +152,6 @@ class AlignedMember(nn.Module):
         self.task = member.task
         self.architecture = member.architecture
         self.input_mode = component_input
-        self.tuned_embedding = trainable_copy(decomposition.embedding) if tuned else None
         self.embedding = Frozen(decomposition.embedding)
         self.tower = Frozen(decomposition.tower)
         self.embedding_width: int = decomposition.embedding.out_width
@@ -211,12 +197,6 @@ class AlignedMember(nn.Module):
     def embed(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """The member's own (frozen) embedding of the inputs."""
         return self.embedding(sparse, dense)
-
-    def embed_level0(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        """What level 0 reads: the tuned copy of the embedding if there is one."""
-        if self.tuned_embedding is None:
-            return self.embed(sparse, dense)
-        return self.tuned_embedding(sparse, dense)
 
     def native(self, embedded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The member run as trained on its embedding: `(last hidden state [B, h], logit [B])`."""

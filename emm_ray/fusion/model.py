@@ -189,7 +189,7 @@ class EMMModel(nn.Module):
 
     def _stored_levels(self) -> int:
         """How many leading levels of component outputs depend on the rows alone."""
-        if self.stack is None or self.config.embedding != "pool":
+        if self.stack is None or self.stack.fresh_embedding is not None:
             return 0
         return self.num_levels if self.config.component_input == "none" else 1
 
@@ -270,9 +270,7 @@ class EMMModel(nn.Module):
         missing = set(self.precompute_names()) - set(cached or {})
         features, embedded = self._frozen_features(sparse, dense, missing)
         features.update(cached or {})
-        if self.stack is not None and self.config.embedding == "tuned":
-            embedded = {i: m.embed_level0(sparse, dense) for i, m in enumerate(self.members)}
-        elif self.stack is not None and self.stack.fresh_embedding is None:
+        if self.stack is not None and self.stack.fresh_embedding is None:
             for i in (i for own in founding for i in own if i not in embedded):
                 embedded[i] = self.members[i].embed(sparse, dense)  # level-0 gate contexts
         rows = sparse.shape[0]
@@ -442,12 +440,7 @@ class EMMModel(nn.Module):
             indices.append(len(self.members))
             self.members.append(
                 AlignedMember(
-                    member,
-                    self.num_levels,
-                    d_model,
-                    self.config.component_input,
-                    fresh_width,
-                    tuned=d_model is not None and self.config.embedding == "tuned",
+                    member, self.num_levels, d_model, self.config.component_input, fresh_width
                 )
             )
             layout.member_names.append(member.name)

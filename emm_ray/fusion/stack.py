@@ -114,8 +114,6 @@ class AKFStack(nn.Module):
         embedding of the rows (its task's level-0 context) and `stored["level<l>.<i>"]`
         member i's component output at level l wherever that depends on the rows alone
         (level 0; every level with `component_input: none`), possibly from a cache.
-        With `embedding: tuned`, `embedded[i]` is every member's tuned embedding, which
-        level 0 runs on.
         """
         layout = self.layout
         records: list[GateRecord] = []
@@ -125,8 +123,6 @@ class AKFStack(nn.Module):
             previous = [shared] * len(members)
             contexts = [shared] * len(layout.task_names)
         else:
-            if len(embedded) == len(members):  # level 0 runs here unless it is stored
-                previous = [embedded[i] for i in range(len(members))]
             contexts = [
                 torch.cat([embedded[i] for i in own], dim=1) if len(own) > 1 else embedded[own[0]]
                 for own in layout.founding

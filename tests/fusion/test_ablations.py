@@ -108,10 +108,6 @@ def test_configs_that_cannot_work_are_refused() -> None:
         FusionConfig(correction="none", prediction="tower")
     with pytest.raises(ValidationError, match="fresh embedding"):
         FusionConfig(correction="none", embedding="fresh", prediction="pool_residual")
-    with pytest.raises(ValidationError, match="tuned embedding"):
-        FusionConfig(correction="mlp", embedding="tuned", prediction="pool_residual")
-    with pytest.raises(ValidationError, match="needs embedding 'pool'"):
-        FusionConfig(component_input="none", embedding="tuned")
     with pytest.raises(ValidationError):
         FusionConfig(top_k=-1)
 

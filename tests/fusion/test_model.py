@@ -12,7 +12,7 @@ from tests.fusion.test_decompose import TINY
 
 
 @pytest.mark.parametrize("variant", ["emm", "reference"])
-@pytest.mark.parametrize("embedding", ["pool", "fresh", "tuned"])
+@pytest.mark.parametrize("embedding", ["pool", "fresh"])
 @pytest.mark.parametrize("component_input", ["residual", "fused"])
 def test_three_tasks_with_a_heterogeneous_pool(
     variant: str, embedding: str, component_input: str
@@ -42,43 +42,6 @@ def test_three_tasks_with_a_heterogeneous_pool(
         assert all(p.grad.abs().sum() > 0 for p in model.stack.fresh_embedding.parameters())
     else:
         assert model.stack.fresh_embedding is None
-    tuned = [m.tuned_embedding for m in model.members if m.tuned_embedding is not None]
-    assert len(tuned) == (len(specs) if embedding == "tuned" else 0)
-    assert all(p.grad is not None for t in tuned for p in t.parameters() if p.requires_grad)
-
-
-def test_a_tuned_embedding_starts_as_the_pool_one_and_only_its_copy_trains() -> None:
-    schema = planted_schema(2)
-    specs = [(a, f"task{i % 2}", TINY[a]) for i, a in enumerate(sorted(TINY))]
-    pool = untrained_pool(schema, specs)
-    batch = planted_batch(schema, 64, seed=0)
-    models = {}
-    for embedding in ("pool", "tuned"):
-        torch.manual_seed(0)
-        models[embedding] = EMMModel(
-            schema, pool, FusionConfig(d_model=8, heads=2, embedding=embedding, prediction="tower")
-        )
-    frozen = [m.frozen_state() for m in models["tuned"].members]
-    (pool_logits, pool_records), (tuned_logits, tuned_records) = (
-        models[e].run(batch.sparse, batch.dense) for e in ("pool", "tuned")
-    )
-    torch.testing.assert_close(tuned_logits, pool_logits)
-    for pool_record, tuned_record in zip(pool_records, tuned_records, strict=True):
-        torch.testing.assert_close(tuned_record.weights, pool_record.weights)
-    assert "level0.0" in models["pool"].precompute_names()
-    assert not any(n.startswith("level") for n in models["tuned"].precompute_names())
-    model = models["tuned"].train()
-    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.5)
-    F.binary_cross_entropy_with_logits(
-        model(batch.sparse, batch.dense), batch.labels[:, model.task_indices]
-    ).backward()
-    optimizer.step()
-    for member, before in zip(model.members, frozen, strict=True):
-        assert all(torch.equal(member.frozen_state()[k], v) for k, v in before.items())
-        assert all(p.grad is None for p in member.embedding.parameters())
-        copies = dict(member.tuned_embedding.named_parameters())
-        originals = dict(member.embedding.module.named_parameters())
-        assert any(not torch.equal(copies[k], originals[k]) for k in copies)
 
 
 def test_pool_covering_some_tasks_predicts_those_in_schema_order() -> None:
@@ -132,7 +95,7 @@ def test_untrained_pool_residual_model_predicts_the_pool_ensemble_exactly() -> N
         ],
         dim=1,
     )
-    for embedding in ("pool", "fresh", "tuned"):
+    for embedding in ("pool", "fresh"):
         model = EMMModel(
             schema,
             pool,

@@ -18,7 +18,6 @@ CONFIGS = {
     "frozen-pool": {"prediction": "pool_residual", "component_input": "none"},
     "mlp-correction": {"prediction": "pool_residual", "correction": "mlp"},
     "fresh-embedding": {"prediction": "pool_residual", "embedding": "fresh"},
-    "tuned-embedding": {"prediction": "pool_residual", "embedding": "tuned"},
     "reference": {"variant": "reference", "embedding": "fresh", "component_input": "fused"},
     "tower": {"prediction": "tower"},
 }
